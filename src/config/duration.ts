@@ -1,0 +1,13 @@
+/**
+ * Durations as the operator writes them: `10d`, `24h`, `30m`, `45s`, `250ms`.
+ * One parser serves the config (`default_ttl`, `upstream_timeout`) and the CLI (`--ttl`).
+ */
+const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const DURATION = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
+
+/** Milliseconds for a duration string, or `undefined` when it is not one. */
+export function parseDuration(text: string): number | undefined {
+  const match = DURATION.exec(text.trim());
+  if (!match) return undefined;
+  return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
+}

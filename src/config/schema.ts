@@ -1,0 +1,159 @@
+/**
+ * The whole gateway configuration, validated with zod. Lives in `wrangler.toml` `[vars.HALO_CONFIG]`
+ * (the one documented place); `halo-gate serve` and the worker both parse it with this schema, so a
+ * misspelled key or an unsafe combination refuses to start and is named.
+ *
+ * Pure TypeScript, no Node or Workers APIs: the CLI imports it too.
+ */
+import { z } from "zod";
+import { parseDuration } from "./duration";
+
+export const HANDLE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,31}$/;
+const SCOPE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+/** Paths the gateway answers itself; no route may shadow them. */
+export const GATEWAY_PATHS = ["/healthz", "/api", "/auth", "/_halo", "/metrics", "/admin"] as const;
+
+const duration = (what: string) =>
+  z.string().refine((text) => parseDuration(text) !== undefined, {
+    message: `${what} must be a duration such as 10d, 24h, 30m, 60s or 500ms`,
+  });
+
+const limitsSchema = z.strictObject({
+  /** Requests per second (token bucket refill rate). */
+  rps: z.number().positive().max(10_000),
+  /** Bucket size; defaults to `rps`. */
+  burst: z.number().int().positive().max(100_000).optional(),
+  /** Concurrent in-flight requests across all of a user's routes. */
+  streams: z.number().int().positive().max(1_000),
+  /** LLM tokens a user may consume per day (the day of `timezone`). */
+  daily_tokens: z.number().int().nonnegative(),
+});
+
+const routeSchema = z
+  .strictObject({
+    /** Route name; also the scope a token needs, unless `scope` says otherwise. */
+    name: z.string().regex(SCOPE_PATTERN, "route name must match [a-z][a-z0-9_-]{0,31}"),
+    /** Case-sensitive path: a prefix (`/v2` matches `/v2` and `/v2/...`) or, with match = "exact", one path. */
+    path: z
+      .string()
+      .regex(/^(\/[A-Za-z0-9._~-]+)+$/, "route path must be like /v2 or /audio/ws (no trailing slash)"),
+    match: z.enum(["prefix", "exact"]).default("prefix"),
+    /** Optional Host header the route is limited to (lower-case, port allowed). */
+    host: z.string().regex(/^[a-z0-9.-]+(:[0-9]{1,5})?$/).optional(),
+    upstream: z.url({ protocol: /^(https?|wss?)$/ }),
+    strip_prefix: z.boolean().default(false),
+    auth: z.enum(["bearer", "bearer_or_ticket", "none"]),
+    scope: z.string().regex(SCOPE_PATTERN).optional(),
+    /** LLM endpoints whose `usage` is charged against the daily token quota. */
+    metered: z.boolean().default(false),
+  })
+  .superRefine((route, ctx) => {
+    const url = new URL(route.upstream);
+    if (url.username || url.password) {
+      ctx.addIssue({ code: "custom", path: ["upstream"], message: "upstream must not embed credentials" });
+    }
+    if (url.search || url.hash) {
+      ctx.addIssue({ code: "custom", path: ["upstream"], message: "upstream must not carry a query or fragment" });
+    }
+    if (route.auth === "none" && route.scope !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["scope"], message: 'a route with auth = "none" takes no scope' });
+    }
+    if (route.auth === "none" && route.metered) {
+      ctx.addIssue({ code: "custom", path: ["metered"], message: 'a metered route needs auth (cannot be "none")' });
+    }
+    const shadowed = GATEWAY_PATHS.find((own) => route.path === own || route.path.startsWith(`${own}/`));
+    if (shadowed) {
+      ctx.addIssue({ code: "custom", path: ["path"], message: `${route.path} would shadow the gateway's own ${shadowed}` });
+    }
+  })
+  .transform((route) => ({ ...route, scope: route.auth === "none" ? null : (route.scope ?? route.name) }));
+
+export const DEFAULT_ROUTES: z.input<typeof routeSchema>[] = [
+  { name: "v2", path: "/v2", upstream: "http://127.0.0.1:8080", strip_prefix: true, auth: "bearer", metered: true },
+  { name: "lemon", path: "/lemon", upstream: "http://127.0.0.1:8000", strip_prefix: true, auth: "bearer", metered: true },
+  { name: "sd", path: "/sd", upstream: "http://127.0.0.1:7860", strip_prefix: true, auth: "bearer" },
+  { name: "audio", path: "/audio/ws", match: "exact", upstream: "ws://127.0.0.1:8090/ws", auth: "bearer_or_ticket" },
+  { name: "studio", path: "/studio", upstream: "http://127.0.0.1:5173", strip_prefix: false, auth: "none" },
+];
+
+export const configSchema = z
+  .strictObject({
+    max_users: z.number().int().min(1).max(1_000).default(10),
+    default_scopes: z.array(z.string().regex(SCOPE_PATTERN)).min(1).default(["v2"]),
+    default_ttl: duration("default_ttl").default("10d"),
+    /** IANA timezone whose midnight ends the quota day. */
+    timezone: z
+      .string()
+      .refine(isTimeZone, { message: "timezone must be an IANA name such as UTC or Europe/Berlin" })
+      .default("UTC"),
+    upstream_timeout: duration("upstream_timeout").default("60s"),
+    body_limit_bytes: z.number().int().positive().max(1024 ** 3).default(32 * 1024 * 1024),
+    client_address_source: z.enum(["edge", "cf-connecting-ip"]).default("edge"),
+    audit_retention_days: z.number().int().min(1).max(3650).default(90),
+    limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
+    mesh: z.strictObject({ login_server: z.url({ protocol: /^https?$/ }) }).default({
+      login_server: "https://headscale.1bit.systems",
+    }),
+    routes: z.array(routeSchema).min(1).default(DEFAULT_ROUTES as never),
+  })
+  .superRefine((config, ctx) => {
+    const seen = new Map<string, number>();
+    config.routes.forEach((route, index) => {
+      const key = `${route.host ?? "*"} ${route.path}`;
+      const earlier = seen.get(key);
+      if (earlier !== undefined) {
+        ctx.addIssue({ code: "custom", path: ["routes", index, "path"], message: `duplicates routes[${earlier}]` });
+      }
+      seen.set(key, index);
+    });
+    const scopes = new Set(config.routes.flatMap((route) => (route.scope ? [route.scope] : [])));
+    config.default_scopes.forEach((scope, index) => {
+      if (!scopes.has(scope)) {
+        ctx.addIssue({ code: "custom", path: ["default_scopes", index], message: `"${scope}" names no route` });
+      }
+    });
+  })
+  .transform((config) => ({
+    ...config,
+    default_ttl_ms: parseDuration(config.default_ttl) as number,
+    upstream_timeout_ms: parseDuration(config.upstream_timeout) as number,
+    limits: { ...config.limits, burst: config.limits.burst ?? Math.max(1, Math.ceil(config.limits.rps)) },
+  }));
+
+export type GatewayConfig = z.output<typeof configSchema>;
+export type RouteConfig = GatewayConfig["routes"][number];
+export type UserLimits = GatewayConfig["limits"];
+
+function isTimeZone(name: string): boolean {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: name });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A configuration that must not start; the message names the offending key. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration: ${problems.join("; ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+/** Validates raw configuration, naming every offending key as `HALO_CONFIG.path.to.key`. */
+export function parseConfig(raw: unknown): GatewayConfig {
+  const result = configSchema.safeParse(raw ?? {});
+  if (result.success) return result.data;
+  throw new ConfigError(
+    result.error.issues.map((issue) => {
+      const base = ["HALO_CONFIG", ...issue.path.map((part) => (typeof part === "number" ? `[${part}]` : String(part)))]
+        .join(".")
+        .replace(/\.\[/g, "[");
+      if (issue.code === "unrecognized_keys") {
+        return issue.keys.map((key) => `${base}.${key}: unknown key`).join("; ");
+      }
+      return `${base}: ${issue.message}`;
+    }),
+  );
+}

@@ -1,0 +1,7 @@
+// Bindings set at run time rather than in wrangler.toml (secrets); `wrangler types` generates the rest.
+declare namespace Cloudflare {
+  interface Env {
+    /** Per-boot secret proving a request came through `halo-gate serve`'s edge socket. */
+    EDGE_SECRET?: string;
+  }
+}

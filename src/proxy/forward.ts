@@ -1,0 +1,94 @@
+/**
+ * Forward one admitted request to its upstream: bodies stream both ways (SSE is never buffered),
+ * the body limit is enforced while streaming, and failures map to 413 / 502 / 504.
+ */
+import type { RouteConfig } from "../config/schema";
+import { errors } from "../http/errors";
+import { clientResponseHeaders, upstreamRequestHeaders, type UpstreamIdentity } from "./headers";
+import { upstreamUrl } from "./routes";
+
+export interface ForwardOptions {
+  route: RouteConfig;
+  canonicalPath: string;
+  rawQuery: string;
+  identity: UpstreamIdentity | null;
+  clientAddress: string;
+  upstreamTimeoutMs: number;
+  bodyLimitBytes: number;
+}
+
+class BodyTooLarge extends Error {}
+class UpstreamTimeout extends Error {}
+
+export async function forward(request: Request, options: ForwardOptions): Promise<Response> {
+  const webSocket = request.headers.get("upgrade")?.toLowerCase() === "websocket";
+  const url = upstreamUrl(options.route, options.canonicalPath, options.rawQuery);
+  const headers = upstreamRequestHeaders(request.headers, options.identity, options.clientAddress, webSocket);
+  const body = limitedBody(request, options.bodyLimitBytes);
+
+  const controller = new AbortController();
+  // A client that goes away aborts the upstream request too (needs the enable_request_signal flag).
+  request.signal?.addEventListener("abort", () => controller.abort(request.signal.reason), { once: true });
+  const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
+  let upstream: Response;
+  try {
+    upstream = await fetch(url, {
+      method: request.method,
+      headers,
+      body: body.stream,
+      redirect: "manual",
+      signal: controller.signal,
+    });
+  } catch (error) {
+    if (body.exceeded()) throw errors.payloadTooLarge(options.bodyLimitBytes);
+    if (controller.signal.reason instanceof UpstreamTimeout) {
+      throw errors.upstreamTimeout(Math.round(options.upstreamTimeoutMs / 1000));
+    }
+    if (request.signal?.aborted) throw error; // the client is gone; nobody reads this response
+    throw errors.upstreamUnavailable();
+  } finally {
+    // Only the wait for response headers is bounded: a started stream has no total time limit.
+    clearTimeout(timer);
+  }
+  if (upstream.webSocket) {
+    return new Response(null, { status: 101, webSocket: upstream.webSocket, headers: clientResponseHeaders(upstream.headers) });
+  }
+  return new Response(upstream.body, {
+    status: upstream.status,
+    statusText: upstream.statusText,
+    headers: clientResponseHeaders(upstream.headers),
+  });
+}
+
+interface LimitedBody {
+  stream: ReadableStream<Uint8Array> | null;
+  /** True once an undeclared (chunked) body grew past the limit and was cut off. */
+  exceeded(): boolean;
+}
+
+/**
+ * The request body, refused up front when its declared length is over the limit and cut off while
+ * streaming when an undeclared (chunked) body grows past it.
+ */
+function limitedBody(request: Request, limit: number): LimitedBody {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) throw errors.payloadTooLarge(limit);
+  // A declared length is enforced by the runtime itself: the body cannot outgrow it.
+  if (!request.body || declared !== null) return { stream: request.body, exceeded: () => false };
+  let seen = 0;
+  let exceeded = false;
+  const stream = request.body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        seen += chunk.byteLength;
+        if (seen > limit) {
+          exceeded = true;
+          controller.error(new BodyTooLarge());
+          return;
+        }
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+  return { stream, exceeded: () => exceeded };
+}
