@@ -94,7 +94,7 @@ export const configSchema = z
     mesh: z.strictObject({ login_server: z.url({ protocol: /^https?$/ }) }).default({
       login_server: "https://headscale.1bit.systems",
     }),
-    routes: z.array(routeSchema).min(1).default(DEFAULT_ROUTES as never),
+    routes: z.array(routeSchema).min(1).prefault(DEFAULT_ROUTES),
   })
   .superRefine((config, ctx) => {
     const seen = new Map<string, number>();

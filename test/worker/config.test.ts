@@ -1,0 +1,76 @@
+import { env } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { ConfigError, parseConfig } from "../../src/config/schema";
+
+function problemsOf(raw: unknown): string[] {
+  try {
+    parseConfig(raw);
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems;
+    throw error;
+  }
+  throw new Error("expected the configuration to be refused");
+}
+
+describe("configuration (zod, validated at start)", () => {
+  it("the shipped wrangler.toml config is valid and gives the SPEC §3 defaults", () => {
+    const config = parseConfig(env.HALO_CONFIG);
+    expect(config.max_users).toBe(10);
+    expect(config.default_scopes).toEqual(["v2"]);
+    expect(config.default_ttl_ms).toBe(10 * 86_400_000);
+    expect(config.upstream_timeout_ms).toBe(60_000);
+    expect(config.body_limit_bytes).toBe(32 * 1024 * 1024);
+    expect(config.mesh.login_server).toBe("https://headscale.1bit.systems");
+    expect(config.routes.map((route) => [route.path, route.scope, route.upstream])).toEqual([
+      ["/v2", "v2", "http://127.0.0.1:8080"],
+      ["/lemon", "lemon", "http://127.0.0.1:8000"],
+      ["/sd", "sd", "http://127.0.0.1:7860"],
+      ["/audio/ws", "audio", "ws://127.0.0.1:8090/ws"],
+      ["/studio", null, "http://127.0.0.1:5173"],
+    ]);
+  });
+
+  it("an empty config means the documented defaults", () => {
+    expect(parseConfig({}).routes).toHaveLength(5);
+  });
+
+  it("a misspelled top-level key refuses to start, naming it", () => {
+    expect(problemsOf({ max_user: 5 })).toEqual(["HALO_CONFIG.max_user: unknown key"]);
+  });
+
+  it("a misspelled route key is named with its route index", () => {
+    const routes = [{ name: "v2", path: "/v2", upstrem: "http://127.0.0.1:1", auth: "bearer" }];
+    expect(problemsOf({ routes })).toContain("HALO_CONFIG.routes[0].upstrem: unknown key");
+  });
+
+  it.each([
+    [{ name: "v2", path: "v2", upstream: "http://127.0.0.1:1", auth: "bearer" }, "HALO_CONFIG.routes[0].path"],
+    [{ name: "v2", path: "/v2", upstream: "ftp://127.0.0.1:1", auth: "bearer" }, "HALO_CONFIG.routes[0].upstream"],
+    [{ name: "v2", path: "/v2", upstream: "http://u:p@127.0.0.1:1", auth: "bearer" }, "HALO_CONFIG.routes[0].upstream"],
+    [{ name: "v2", path: "/v2", upstream: "http://127.0.0.1:1", auth: "maybe" }, "HALO_CONFIG.routes[0].auth"],
+    [{ name: "x", path: "/healthz", upstream: "http://127.0.0.1:1", auth: "none" }, "HALO_CONFIG.routes[0].path"],
+    [{ name: "x", path: "/admin/x", upstream: "http://127.0.0.1:1", auth: "bearer" }, "HALO_CONFIG.routes[0].path"],
+    [{ name: "x", path: "/x", upstream: "http://127.0.0.1:1", auth: "none", metered: true }, "HALO_CONFIG.routes[0].metered"],
+  ])("an invalid route %j is refused, naming %s", (route, key) => {
+    const problems = problemsOf({ routes: [route], default_scopes: ["x"] });
+    expect(problems.some((problem) => problem.startsWith(`${key}:`)), problems.join("\n")).toBe(true);
+  });
+
+  it("duplicate routes and default scopes naming no route are refused", () => {
+    const route = { name: "v2", path: "/v2", upstream: "http://127.0.0.1:1", auth: "bearer" };
+    expect(problemsOf({ routes: [route, route] })).toContain("HALO_CONFIG.routes[1].path: duplicates routes[0]");
+    expect(problemsOf({ routes: [route], default_scopes: ["sd"] })).toContain('HALO_CONFIG.default_scopes[0]: "sd" names no route');
+  });
+
+  it.each([
+    [{ timezone: "Mars/Olympus" }, "HALO_CONFIG.timezone"],
+    [{ upstream_timeout: "soon" }, "HALO_CONFIG.upstream_timeout"],
+    [{ default_ttl: "10 days" }, "HALO_CONFIG.default_ttl"],
+    [{ limits: { rps: 0, streams: 1, daily_tokens: 1 } }, "HALO_CONFIG.limits.rps"],
+    [{ client_address_source: "x-forwarded-for" }, "HALO_CONFIG.client_address_source"],
+    [{ mesh: { login_server: "https://h.example", extra: 1 } }, "HALO_CONFIG.mesh.extra"],
+  ])("%j is refused, naming %s", (raw, key) => {
+    const problems = problemsOf(raw);
+    expect(problems.some((problem) => problem.startsWith(key)), problems.join("\n")).toBe(true);
+  });
+});
