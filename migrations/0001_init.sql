@@ -20,15 +20,15 @@ CREATE TABLE tokens (
   issued_at           INTEGER NOT NULL,
   expires_at          INTEGER NOT NULL,       -- valid while now < expires_at
   revoked_at          INTEGER,                -- final once set
-  revoke_reason       TEXT,                   -- revoked | rotated | superseded
+  revoke_reason       TEXT,                   -- revoked | rotated
   expired_recorded_at INTEGER,                -- set once by the cron sweep
   last_used_at        INTEGER,                -- written lazily, at most about once a minute
   source              TEXT NOT NULL           -- invite | rotate | import
 );
 
--- At most one unrevoked token per user: an expired token is revoked ("superseded") when replaced.
-CREATE UNIQUE INDEX tokens_one_unrevoked_per_handle ON tokens(handle) WHERE revoked_at IS NULL;
-CREATE INDEX tokens_handle ON tokens(handle);
+-- "One active token per user" and the seat cap depend on the clock, so they are enforced by the
+-- conditional INSERTs in src/admin/users.ts (one statement each, atomic in SQLite), not by an index.
+CREATE INDEX tokens_handle ON tokens(handle, issued_at);
 CREATE INDEX tokens_live ON tokens(expires_at) WHERE revoked_at IS NULL;
 
 CREATE TABLE audit (

@@ -3,5 +3,7 @@ declare namespace Cloudflare {
   interface Env {
     /** Per-boot secret proving a request came through `halo-gate serve`'s edge socket. */
     EDGE_SECRET?: string;
+    /** SHA-256 (hex) of the operator token; the admin API is disabled without it. */
+    ADMIN_TOKEN_SHA256?: string;
   }
 }

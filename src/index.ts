@@ -1,25 +1,49 @@
 /**
  * Worker entry: `{ fetch, scheduled }` for workerd (`halo-gate serve`, `wrangler dev`) and Cloudflare.
  */
+import { WorkerEntrypoint } from "cloudflare:workers";
 import type { Hono } from "hono";
-import { parseConfig, ConfigError } from "./config/schema";
+import { createAdminApi } from "./admin/api";
+import { parseConfig, ConfigError, type GatewayConfig } from "./config/schema";
 import { errors } from "./http/errors";
 import { createGateway, type GatewayEnv } from "./gateway";
 import { sweepExpiredTokens } from "./auth/sweep";
 
 export { UserQuota } from "./quota/user-quota";
 
-/** One parsed config and app per isolate (the env object is stable for an isolate's lifetime). */
-const gateways = new WeakMap<object, Hono<GatewayEnv>>();
+/** One parsed config per isolate (the env object is stable for an isolate's lifetime). */
+const configs = new WeakMap<object, GatewayConfig>();
+const gateways = new WeakMap<GatewayConfig, Hono<GatewayEnv>>();
+const adminApis = new WeakMap<GatewayConfig, Hono<{ Bindings: Env }>>();
+
+function configFor(env: Env): GatewayConfig {
+  const raw = env.HALO_CONFIG as unknown as object;
+  let config = configs.get(raw);
+  if (!config) {
+    config = parseConfig(raw);
+    configs.set(raw, config);
+  }
+  return config;
+}
 
 function gatewayFor(env: Env): Hono<GatewayEnv> {
-  const raw = env.HALO_CONFIG as unknown as object;
-  let gateway = gateways.get(raw);
-  if (!gateway) {
-    gateway = createGateway(parseConfig(raw));
-    gateways.set(raw, gateway);
-  }
+  const config = configFor(env);
+  let gateway = gateways.get(config);
+  if (!gateway) gateways.set(config, (gateway = createGateway(config)));
   return gateway;
+}
+
+/**
+ * The admin API as its own entrypoint: `halo-gate serve` gives it a loopback-only socket, so it is
+ * structurally unreachable from the mesh-facing socket (whose `fetch` has no admin paths).
+ */
+export class AdminApi extends WorkerEntrypoint<Env> {
+  override async fetch(request: Request): Promise<Response> {
+    const config = configFor(this.env);
+    let admin = adminApis.get(config);
+    if (!admin) adminApis.set(config, (admin = createAdminApi(config)));
+    return admin.fetch(request, this.env, this.ctx);
+  }
 }
 
 export default {

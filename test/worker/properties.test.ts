@@ -56,6 +56,7 @@ describe("normalizePath", () => {
         expect(normalizePath(result.path)).toEqual(result);
         expect(result.path).not.toMatch(/\/\/|\\/);
         for (const segment of result.segments) {
+          // eslint-disable-next-line no-control-regex
           expect(segment).not.toMatch(/[/\\%\u0000-\u001f\u007f]/);
           expect(segment).not.toMatch(/^\.{1,2}(;.*)?$/);
         }

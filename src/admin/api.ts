@@ -1,0 +1,124 @@
+/**
+ * The admin API used by the CLI. Served only by the `AdminApi` entrypoint, which `halo-gate serve`
+ * binds to loopback; the mesh-facing gateway has no admin paths at all (they 404 there).
+ */
+import { Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { z } from "zod";
+import { auditRecord, readAudit } from "../audit/audit-log";
+import { parseDuration } from "../config/duration";
+import { HANDLE_PATTERN, type GatewayConfig } from "../config/schema";
+import { errorResponse, errors, gatewayError } from "../http/errors";
+import { operatorAuth } from "./operator-auth";
+import { importBearers, inviteUser, listUsers, revokeUser, rotateUser, updateUser } from "./users";
+
+const handle = z.string().regex(HANDLE_PATTERN, "a handle is 1–32 of a-z 0-9 . _ - and starts with a letter or digit");
+const scopes = z.array(z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/)).min(1);
+const ttl = z.string().refine((text) => parseDuration(text) !== undefined, "ttl must be like 10d, 24h or 30m");
+const limits = {
+  rps: z.number().positive().max(10_000).optional(),
+  burst: z.number().int().positive().max(100_000).optional(),
+  streams: z.number().int().positive().max(1_000).optional(),
+  daily_tokens: z.number().int().nonnegative().optional(),
+};
+const inviteBody = z.strictObject({ handle, scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
+const updateBody = z.strictObject({ scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
+const importBody = z.strictObject({ content: z.string().max(4 * 1024 * 1024), scopes: scopes.optional() });
+const auditQuery = z.strictObject({ since: z.iso.datetime({ offset: true, local: false }).optional() });
+
+async function body<T extends z.ZodType>(request: Request, schema: T): Promise<z.output<T>> {
+  let raw: unknown;
+  try {
+    raw = await request.json();
+  } catch {
+    throw errors.badRequest("The request body must be JSON.", "invalid_json");
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const key = issue.code === "unrecognized_keys" ? issue.keys.join(", ") : issue.path.join(".");
+    throw errors.badRequest(`${key ? `${key}: ` : ""}${issue.message}`, "invalid_body");
+  }
+  return parsed.data;
+}
+
+function handleParam(value: string): string {
+  if (!HANDLE_PATTERN.test(value)) throw errors.badRequest(`"${value.slice(0, 40)}" is not a valid handle.`, "invalid_handle");
+  return value;
+}
+
+export function createAdminApi(config: GatewayConfig, now: () => number = Date.now): Hono<{ Bindings: Env }> {
+  const admin = new Hono<{ Bindings: Env }>().basePath("/admin");
+  admin.use(operatorAuth({ tokenSha256: (env) => env.ADMIN_TOKEN_SHA256 }));
+
+  admin.get("/users", async (c) => c.json({ users: await listUsers(c.env.DB, config, now()) }));
+
+  admin.post("/users", async (c) => {
+    const input = await body(c.req.raw, inviteBody);
+    const issued = await inviteUser(
+      c.env.DB,
+      config,
+      {
+        handle: input.handle,
+        scopes: input.scopes ?? config.default_scopes,
+        ttlMs: input.ttl ? (parseDuration(input.ttl) as number) : config.default_ttl_ms,
+        limits: { rps: input.rps, burst: input.burst, streams: input.streams, daily_tokens: input.daily_tokens },
+      },
+      now(),
+    );
+    return c.json(issued, 201);
+  });
+
+  admin.post("/users/:handle/revoke", async (c) => c.json(await revokeUser(c.env.DB, handleParam(c.req.param("handle")), now())));
+  admin.post("/users/:handle/rotate", async (c) => c.json(await rotateUser(c.env.DB, handleParam(c.req.param("handle")), now())));
+
+  admin.patch("/users/:handle", async (c) => {
+    const input = await body(c.req.raw, updateBody);
+    const user = await updateUser(
+      c.env.DB,
+      config,
+      handleParam(c.req.param("handle")),
+      {
+        scopes: input.scopes,
+        ttlMs: input.ttl ? parseDuration(input.ttl) : undefined,
+        limits: { rps: input.rps, burst: input.burst, streams: input.streams, daily_tokens: input.daily_tokens },
+      },
+      now(),
+    );
+    return c.json(user);
+  });
+
+  admin.post("/import-bearers", async (c) => {
+    const input = await body(c.req.raw, importBody);
+    return c.json(await importBearers(c.env.DB, config, input.content, input.scopes ?? config.default_scopes, now()));
+  });
+
+  /** NDJSON, one event a line, oldest first; read in pages so a large log never sits in memory. */
+  admin.get("/audit", async (c) => {
+    const query = auditQuery.safeParse(c.req.query());
+    if (!query.success) throw errors.badRequest("since must be an ISO 8601 time such as 2026-11-01T00:00:00Z.", "invalid_since");
+    const since = query.data.since ? Date.parse(query.data.since) : 0;
+    const db = c.env.DB;
+    const encoder = new TextEncoder();
+    let afterId = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const rows = await readAudit(db, since, afterId, 500);
+        if (rows.length === 0) return controller.close();
+        afterId = rows[rows.length - 1]!.id;
+        controller.enqueue(encoder.encode(rows.map((row) => JSON.stringify(auditRecord(row)) + "\n").join("")));
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });
+  });
+
+  admin.all("*", () => {
+    throw gatewayError(404, { message: "No such admin endpoint.", type: "invalid_request_error", code: "not_found" });
+  });
+  admin.onError((error) => {
+    if (error instanceof HTTPException) return error.getResponse();
+    console.error("halo-gate admin: unexpected error:", error instanceof Error ? error.message : String(error));
+    return errorResponse(500, { message: "Internal admin error.", type: "server_error", code: "internal_error" });
+  });
+  return admin;
+}
