@@ -1,0 +1,110 @@
+/**
+ * `halo-gate serve`: the production launcher. Validates config and bind rules, starts the workerd
+ * core (miniflare) on loopback, applies migrations, opens the edge on the bind address, fires the
+ * crons, and on SIGTERM/SIGINT finishes in-flight requests before exiting 0.
+ */
+import { randomBytes } from "node:crypto";
+import { join, resolve } from "node:path";
+import { CliError } from "../errors";
+import { applyMigrations } from "../serve/migrations";
+import { checkBindAllowed, formatHostPort, parseBindAddress, tailscaleAddress } from "../serve/bind";
+import { bundleWorker } from "../serve/bundle";
+import { startCore } from "../serve/core";
+import { scheduleCrons, validateCron } from "../serve/cron";
+import { startEdge } from "../serve/edge";
+import { loadWorkerConfig, PROJECT_ROOT } from "../serve/worker-config";
+import { ensureStateDir, loadOrCreateOperatorToken, readRuntimeInfo, removeRuntimeInfo, sha256Hex, writeRuntimeInfo } from "../state";
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export interface ServeOptions {
+  stateDir: string;
+  bind: string;
+  adminBind: string;
+  allowInsecureExposure: boolean;
+  cron?: string | undefined;
+  config?: string | undefined;
+  /** How long `--bind tailscale` waits for the mesh (SPEC: 60 s). */
+  meshWaitMs: number;
+  /** How long shutdown waits for in-flight requests. */
+  graceMs: number;
+}
+
+export async function serve(options: ServeOptions): Promise<number> {
+  const started = performance.now();
+  const worker = loadWorkerConfig(options.config ? resolve(options.config) : undefined);
+  if (options.cron) validateCron(options.cron);
+
+  const tailscale = /^tailscale(?::(\d+))?$/.exec(options.bind);
+  const bind = tailscale
+    ? { host: await tailscaleAddress(options.meshWaitMs), port: tailscale[1] ? Number(tailscale[1]) : 8443 }
+    : parseBindAddress(options.bind, 8443);
+  checkBindAllowed(bind.host, options.allowInsecureExposure);
+  const admin = parseBindAddress(options.adminBind, 8444);
+  checkBindAllowed(admin.host, false); // the admin API is loopback only, whatever the flags
+
+  ensureStateDir(options.stateDir);
+  const running = readRuntimeInfo(options.stateDir);
+  if (running && running.pid !== process.pid && isAlive(running.pid)) {
+    throw new CliError(`another halo-gate serve is already running on this state dir (pid ${running.pid}, ${running.gateway}).`);
+  }
+  const operatorToken = loadOrCreateOperatorToken(options.stateDir);
+  const scriptPath = await bundleWorker(worker.main, join(options.stateDir, "build"));
+  const edgeSecret = randomBytes(32).toString("hex");
+  let core;
+  try {
+    core = await startCore({
+      worker,
+      scriptPath,
+      stateDir: options.stateDir,
+      admin,
+      bindings: { EDGE_SECRET: edgeSecret, ADMIN_TOKEN_SHA256: sha256Hex(operatorToken) },
+    });
+  } catch (error) {
+    throw new CliError(`the workerd core did not start (is the admin address ${formatHostPort(admin.host, admin.port)} already in use?): ${(error as Error).message.split("\n")[0]}`);
+  }
+  await applyMigrations(await core.miniflare.getD1Database("DB"), resolve(PROJECT_ROOT, "migrations"));
+
+  let edge;
+  try {
+    edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret });
+  } catch (error) {
+    await core.miniflare.dispose();
+    throw new CliError(`cannot listen on ${formatHostPort(bind.host, bind.port)}: ${(error as Error).message}`);
+  }
+  const fetcher = await core.miniflare.getWorker();
+  const crons = scheduleCrons(options.cron ? [options.cron] : worker.crons, async (cron, scheduledTime) => {
+    await fetcher.scheduled({ cron, scheduledTime });
+  });
+
+  const gatewayAddress = `http://${formatHostPort(edge.address.host, edge.address.port)}`;
+  const adminAddress = `http://${formatHostPort(core.adminUrl.hostname.replace(/^\[|\]$/g, ""), Number(core.adminUrl.port))}`;
+  writeRuntimeInfo(options.stateDir, { pid: process.pid, gateway: gatewayAddress, admin: adminAddress, started_at: new Date().toISOString() });
+  console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
+  console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
+  console.log(`halo-gate listening on ${gatewayAddress}`);
+
+  return new Promise<number>((resolveExit) => {
+    let stopping = false;
+    const stop = async (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      console.log(`halo-gate: ${signal}: finishing ${edge.inFlight()} in-flight request(s)`);
+      for (const cron of crons) cron.stop();
+      await edge.close(options.graceMs);
+      await core.miniflare.dispose();
+      removeRuntimeInfo(options.stateDir, process.pid);
+      console.log("halo-gate: stopped");
+      resolveExit(0);
+    };
+    process.once("SIGTERM", () => void stop("SIGTERM"));
+    process.once("SIGINT", () => void stop("SIGINT"));
+  });
+}

@@ -1,0 +1,53 @@
+/**
+ * The gateway core: the worker on workerd via miniflare, with persistent D1 and Durable Objects in
+ * the state dir (wrangler's `--persist-to` layout). Its sockets are loopback-only: the gateway
+ * socket is reached only through the edge, the admin socket serves the AdminApi entrypoint.
+ */
+import { join } from "node:path";
+import { Log, LogLevel, Miniflare } from "miniflare";
+import type { WorkerConfig } from "./worker-config";
+
+export interface CoreOptions {
+  worker: WorkerConfig;
+  scriptPath: string;
+  stateDir: string;
+  admin: { host: string; port: number };
+  bindings: { EDGE_SECRET: string; ADMIN_TOKEN_SHA256: string };
+}
+
+export interface Core {
+  miniflare: Miniflare;
+  gatewayUrl: URL;
+  adminUrl: URL;
+}
+
+export async function startCore(options: CoreOptions): Promise<Core> {
+  const persist = join(options.stateDir, "v3");
+  const miniflare = new Miniflare({
+    host: "127.0.0.1",
+    port: 0,
+    log: new Log(LogLevel.WARN),
+    logRequests: false,
+    cf: false,
+    telemetry: { enabled: false },
+    modules: true,
+    scriptPath: options.scriptPath,
+    compatibilityDate: options.worker.compatibilityDate,
+    compatibilityFlags: options.worker.compatibilityFlags,
+    bindings: { HALO_CONFIG: options.worker.rawHaloConfig as Record<string, unknown>, ...options.bindings },
+    d1Databases: { DB: "halo-gate" },
+    d1Persist: join(persist, "d1"),
+    durableObjects: { USER_QUOTA: "UserQuota" },
+    durableObjectsPersist: join(persist, "do"),
+    unsafeDirectSockets: [
+      { host: "127.0.0.1", port: 0 },
+      { host: options.admin.host, port: options.admin.port, entrypoint: "AdminApi" },
+    ],
+  });
+  await miniflare.ready;
+  return {
+    miniflare,
+    gatewayUrl: await miniflare.unsafeGetDirectURL(),
+    adminUrl: await miniflare.unsafeGetDirectURL(undefined, "AdminApi"),
+  };
+}

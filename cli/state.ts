@@ -1,0 +1,63 @@
+/**
+ * The state directory: persistent D1/Durable Object data (wrangler's `--persist-to` layout under
+ * v3/), the operator token (mode 0600, created on first start) and `serve.json`, which tells the
+ * admin commands where the running `serve` listens.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { CliError } from "./errors";
+
+export function resolveStateDir(flag: string | undefined): string {
+  return resolve(flag ?? process.env.HALO_GATE_STATE ?? ".halo-gate");
+}
+
+export function ensureStateDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+}
+
+const operatorTokenPath = (dir: string) => join(dir, "operator-token");
+const runtimePath = (dir: string) => join(dir, "serve.json");
+
+/** The operator token, created with mode 0600 on first start. */
+export function loadOrCreateOperatorToken(dir: string): string {
+  const path = operatorTokenPath(dir);
+  if (!existsSync(path)) {
+    writeFileSync(path, `hgop-${randomBytes(32).toString("hex")}\n`, { mode: 0o600, flag: "wx" });
+  }
+  chmodSync(path, 0o600);
+  return readFileSync(path, "utf8").trim();
+}
+
+export function readOperatorToken(dir: string): string {
+  try {
+    return readFileSync(operatorTokenPath(dir), "utf8").trim();
+  } catch {
+    throw new CliError(`the gateway is not running here: no operator token in ${dir} (start it with 'halo-gate serve --state ${dir}').`);
+  }
+}
+
+export const sha256Hex = (text: string) => createHash("sha256").update(text).digest("hex");
+
+export interface RuntimeInfo {
+  pid: number;
+  gateway: string;
+  admin: string;
+  started_at: string;
+}
+
+export function writeRuntimeInfo(dir: string, info: RuntimeInfo): void {
+  writeFileSync(runtimePath(dir), JSON.stringify(info, null, 2) + "\n", { mode: 0o600 });
+}
+
+export function readRuntimeInfo(dir: string): RuntimeInfo | undefined {
+  try {
+    return JSON.parse(readFileSync(runtimePath(dir), "utf8")) as RuntimeInfo;
+  } catch {
+    return undefined;
+  }
+}
+
+export function removeRuntimeInfo(dir: string, pid: number): void {
+  if (readRuntimeInfo(dir)?.pid === pid) rmSync(runtimePath(dir), { force: true });
+}
