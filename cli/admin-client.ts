@@ -32,5 +32,5 @@ export async function adminRequest<T>(stateDir: string, method: string, path: st
     }
     throw new CliError(message.trim() || `admin API answered ${response.status}`);
   }
-  return (response.headers.get("content-type")?.includes("json") ? JSON.parse(text) : text) as T;
+  return (response.headers.get("content-type")?.startsWith("application/json") ? JSON.parse(text) : text) as T;
 }

@@ -41,6 +41,8 @@ export const sha256Hex = (text: string) => createHash("sha256").update(text).dig
 
 export interface RuntimeInfo {
   pid: number;
+  /** The workerd child, so a later serve can end it if this one was killed with -9. */
+  workerd_pids?: number[];
   gateway: string;
   admin: string;
   started_at: string;

@@ -12,6 +12,7 @@ import { bundleWorker } from "../serve/bundle";
 import { startCore } from "../serve/core";
 import { scheduleCrons, validateCron } from "../serve/cron";
 import { startEdge } from "../serve/edge";
+import { childPids, reapOrphan } from "../serve/orphans";
 import { loadWorkerConfig, PROJECT_ROOT } from "../serve/worker-config";
 import { ensureStateDir, loadOrCreateOperatorToken, readRuntimeInfo, removeRuntimeInfo, sha256Hex, writeRuntimeInfo } from "../state";
 
@@ -55,6 +56,9 @@ export async function serve(options: ServeOptions): Promise<number> {
   if (running && running.pid !== process.pid && isAlive(running.pid)) {
     throw new CliError(`another halo-gate serve is already running on this state dir (pid ${running.pid}, ${running.gateway}).`);
   }
+  for (const pid of running?.workerd_pids ?? []) {
+    if (await reapOrphan(pid)) console.log(`halo-gate: ended workerd ${pid} left behind by a serve that was killed`);
+  }
   const operatorToken = loadOrCreateOperatorToken(options.stateDir);
   const scriptPath = await bundleWorker(worker.main, join(options.stateDir, "build"));
   const edgeSecret = randomBytes(32).toString("hex");
@@ -86,11 +90,21 @@ export async function serve(options: ServeOptions): Promise<number> {
 
   const gatewayAddress = `http://${formatHostPort(edge.address.host, edge.address.port)}`;
   const adminAddress = `http://${formatHostPort(core.adminUrl.hostname.replace(/^\[|\]$/g, ""), Number(core.adminUrl.port))}`;
-  writeRuntimeInfo(options.stateDir, { pid: process.pid, gateway: gatewayAddress, admin: adminAddress, started_at: new Date().toISOString() });
+  writeRuntimeInfo(options.stateDir, {
+    pid: process.pid,
+    workerd_pids: childPids("workerd"),
+    gateway: gatewayAddress,
+    admin: adminAddress,
+    started_at: new Date().toISOString(),
+  });
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
   console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
   console.log(`halo-gate listening on ${gatewayAddress}`);
 
+  // miniflare's exit-hook answers SIGTERM/SIGINT with an immediate process.exit(143/130), which would
+  // cut in-flight streams; its on-exit cleanup (ending workerd) stays, and shutdown is ours.
+  process.removeAllListeners("SIGTERM");
+  process.removeAllListeners("SIGINT");
   return new Promise<number>((resolveExit) => {
     let stopping = false;
     const stop = async (signal: string) => {

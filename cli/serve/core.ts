@@ -3,7 +3,7 @@
  * the state dir (wrangler's `--persist-to` layout). Its sockets are loopback-only: the gateway
  * socket is reached only through the edge, the admin socket serves the AdminApi entrypoint.
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
 import type { WorkerConfig } from "./worker-config";
 
@@ -32,6 +32,8 @@ export async function startCore(options: CoreOptions): Promise<Core> {
     telemetry: { enabled: false },
     modules: true,
     scriptPath: options.scriptPath,
+    // Module names are relative to this root; it must contain the bundle wherever the state dir is.
+    modulesRoot: dirname(options.scriptPath),
     compatibilityDate: options.worker.compatibilityDate,
     compatibilityFlags: options.worker.compatibilityFlags,
     bindings: { HALO_CONFIG: options.worker.rawHaloConfig as Record<string, unknown>, ...options.bindings },
