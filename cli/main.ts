@@ -6,7 +6,6 @@ import { readFileSync } from "node:fs";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import Table from "cli-table3";
 import { adminRequest } from "./admin-client";
-import { serve } from "./commands/serve";
 import { CliError, usageError } from "./errors";
 import { expireUserAccess, headscaleAvailable, mintPreAuthKey } from "./headscale";
 import { loadWorkerConfig } from "./serve/worker-config";
@@ -217,6 +216,8 @@ async function serveCommand(args: string[]): Promise<number> {
     { bind: { type: "string" }, "admin-bind": { type: "string" }, "allow-insecure-exposure": { type: "boolean" }, cron: { type: "string" }, config: { type: "string" } },
     0,
   );
+  // Loaded only for serve: miniflare and esbuild are heavy, and every other command is a quick admin call.
+  const { serve } = await import("./commands/serve");
   return serve({
     stateDir,
     bind: (values.bind as string | undefined) ?? "127.0.0.1:8443",
@@ -241,8 +242,20 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   audit,
 };
 
+/** `--state DIR` may also come before the command: move it after, where every command parses it. */
+function commandFirst(argv: string[]): string[] {
+  const leading: string[] = [];
+  let index = 0;
+  while (index < argv.length && argv[index]!.startsWith("--state")) {
+    const takesValue = argv[index] === "--state";
+    leading.push(...argv.slice(index, index + (takesValue ? 2 : 1)));
+    index += takesValue ? 2 : 1;
+  }
+  return [...argv.slice(index, index + 1), ...leading, ...argv.slice(index + 1)];
+}
+
 export async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  const [command, ...rest] = commandFirst(argv);
   if (command === undefined || command === "help" || command === "--help" || command === "-h") {
     console.log(USAGE);
     return command === undefined ? 2 : 0;

@@ -66,7 +66,11 @@ export async function tailscaleAddress(waitMs: number): Promise<string> {
       if (address) return address;
       lastProblem = "tailscale ip -4 printed no IPv4 address";
     } catch (error) {
-      lastProblem = (error as NodeJS.ErrnoException).code === "ENOENT" ? "the tailscale command is not installed" : String((error as Error).message).split("\n")[0]!;
+      const failure = error as NodeJS.ErrnoException & { stderr?: string };
+      lastProblem =
+        failure.code === "ENOENT"
+          ? "the tailscale command is not installed"
+          : (failure.stderr?.trim().split("\n")[0] || failure.message.split("\n")[0]!);
     }
     if (Date.now() >= deadline) {
       throw new CliError(`--bind tailscale: no mesh address after ${Math.round(waitMs / 1000)} s (${lastProblem}). Is tailscaled up and logged in?`);
