@@ -45,6 +45,8 @@ export interface RuntimeInfo {
   workerd_pids?: number[];
   gateway: string;
   admin: string;
+  /** The workerd core's loopback socket behind the edge (diagnostics and bench/ only). */
+  core: string;
   started_at: string;
 }
 

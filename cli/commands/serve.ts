@@ -95,6 +95,7 @@ export async function serve(options: ServeOptions): Promise<number> {
     workerd_pids: childPids("workerd"),
     gateway: gatewayAddress,
     admin: adminAddress,
+    core: core.gatewayUrl.origin,
     started_at: new Date().toISOString(),
   });
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
