@@ -1,28 +1,44 @@
 /**
- * The gateway as one Hono app. The compute hot path — route → bearer → scope → forward — reads top
- * to bottom in `handleCompute`; everything it calls does one job in its own module.
+ * The gateway as one Hono app. The compute hot path — route → bearer → scope → quota → forward →
+ * release — reads top to bottom in `handleCompute`; everything it calls does one job in its own module.
  */
 import { Hono, type Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import packageJson from "../package.json";
-import { AuthDenied, authenticate } from "./auth/authenticate";
+import { AUTH_AUDIT_FLUSH_MS, recordAuthDecision } from "./audit/auth-audit";
+import { AuthDenied, authenticate, type DenyReason } from "./auth/authenticate";
+import { recordAuthFailure, throttledResponse } from "./auth/failed-auth-throttle";
 import { D1TokenStore } from "./auth/token-store";
-import type { GatewayConfig } from "./config/schema";
-import { clientAddress } from "./http/client-address";
+import type { GatewayConfig, RouteConfig } from "./config/schema";
+import { clientAddress, UNKNOWN_CLIENT } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
-import { forward } from "./proxy/forward";
+import { chargeableTokens, meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
+import { forward, readBodyText } from "./proxy/forward";
 import { matchRoute } from "./proxy/routes";
+import { DurableObjectQuota } from "./quota/durable-object-quota";
+import { quotaExceeded, quotaHeaders } from "./quota/headers";
+import { effectiveLimits } from "./quota/limits";
+import type { QuotaService } from "./quota/quota";
 
 export type GatewayEnv = { Bindings: Env; Variables: GuardVariables };
 
 export interface GatewayOptions {
-  /** The clock; tests pin it to check expiry at its exact boundary. */
+  /** The clock; tests pin it to check expiry and the quota day at their exact boundaries. */
   now?: () => number;
+  /** The quota implementation; the Durable Object one unless a test substitutes another. */
+  quota?: (env: Env) => QuotaService;
+  /** How long auth decisions are buffered before one batched audit write (default 1 s). */
+  auditFlushMs?: number;
 }
+
+/** Failures that probe the token store; a valid token on the wrong route is not one. */
+const PROBING: ReadonlySet<DenyReason> = new Set(["malformed", "unknown", "revoked", "expired"]);
 
 export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Hono<GatewayEnv> {
   const now = options.now ?? Date.now;
+  const quotaFor = options.quota ?? ((env: Env) => new DurableObjectQuota(env.USER_QUOTA));
+  const auditFlushMs = options.auditFlushMs ?? AUTH_AUDIT_FLUSH_MS;
   const app = new Hono<GatewayEnv>();
 
   app.use(requestGuard());
@@ -31,25 +47,94 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.all("*", handleCompute);
 
   async function handleCompute(c: Context<GatewayEnv>): Promise<Response> {
+    const request = c.req.raw;
     const route = matchRoute(config.routes, c.var.canonicalPath, c.req.header("host") ?? null);
     if (!route) throw errors.notFound();
-    const client = clientAddress(c.req.raw, config, c.env.EDGE_SECRET);
-    let identity = null;
-    if (route.scope !== null) {
-      const store = new D1TokenStore(c.env.DB);
-      const token = await authenticate(c.req.header("authorization") ?? null, route.scope, store, now());
-      c.executionCtx.waitUntil(store.touch(token.tokenId, now()));
-      identity = { handle: token.handle, tokenId: token.tokenId };
-    }
-    return forward(c.req.raw, {
+    const client = clientAddress(request, config, c.env.EDGE_SECRET);
+    const forwardOptions = {
       route,
       canonicalPath: c.var.canonicalPath,
       rawQuery: c.var.rawQuery,
-      identity,
       clientAddress: client,
       upstreamTimeoutMs: config.upstream_timeout_ms,
       bodyLimitBytes: config.body_limit_bytes,
+    };
+    if (route.scope === null) return forward(request, { ...forwardOptions, identity: null });
+
+    // 1. An address that keeps failing is refused before the token store is touched.
+    const throttled = client === UNKNOWN_CLIENT ? null : throttledResponse(client, now());
+    if (throttled) return throttled;
+
+    // 2. Bearer → token (one D1 lookup by hash: current, unexpired, unrevoked) → scope.
+    const audit = { route: route.name, client };
+    let token;
+    try {
+      token = await authenticate(c.req.header("authorization") ?? null, route.scope, new D1TokenStore(c.env.DB), now());
+    } catch (error) {
+      if (!(error instanceof AuthDenied)) throw error;
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, status: error.response.status, ...audit }, auditFlushMs);
+      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()));
+      throw error;
+    }
+    const identity = { handle: token.handle, tokenId: token.tokenId };
+    c.executionCtx.waitUntil(new D1TokenStore(c.env.DB).touch(token.tokenId, now()));
+
+    // 3. Quota: one Durable Object call admits with every check at once. If it cannot answer, fail closed.
+    const limits = effectiveLimits(config, token.limits);
+    const quota = quotaFor(c.env);
+    // Only LLM generation endpoints spend (and are held back by) the daily token quota.
+    const metered = route.metered && request.method === "POST" && METERED_ENDPOINTS.test(c.var.canonicalPath);
+    const admitRequest = { handle: token.handle, limits, timezone: config.timezone, now: now(), leaseMs: config.quota_lease_ms, metered };
+    const admission = await quota.admit(admitRequest).catch((error: unknown) => {
+      console.error(`halo-gate: quota service failed for ${token.handle}: ${error instanceof Error ? error.message : String(error)}`);
+      throw errors.quotaUnavailable();
     });
+    if (!admission.admitted) {
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, tokenId: token.tokenId, status: 429, ...audit }, auditFlushMs);
+      return quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
+    }
+
+    // 4. Forward; the slot is released and the tokens charged when the response ends, however it ends.
+    const tally: UsageTally = { reported: null, deltas: 0 };
+    const started = Date.now();
+    let upstreamLatencyMs: number | null = null;
+    const renewal = setInterval(() => void quota.renew(token.handle, admission.leaseId, config.quota_lease_ms).catch(() => {}), config.quota_lease_ms / 3);
+    let finished = false;
+    const finish = (status: number) => {
+      if (finished) return;
+      finished = true;
+      clearInterval(renewal);
+      const outcome = { status, tokens: chargeableTokens(tally), upstreamLatencyMs };
+      c.executionCtx.waitUntil(quota.release(token.handle, admission.leaseId, outcome, now(), config.timezone).catch(() => {}));
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit }, auditFlushMs);
+    };
+    request.signal?.addEventListener("abort", () => finish(0), { once: true });
+
+    let upstream: Response;
+    let plan: MeterPlan = { dropInjectedUsage: false };
+    try {
+      let bodyOverride: string | undefined;
+      if (metered) {
+        ({ body: bodyOverride, plan } = planMeteredRequest(await readBodyText(request, config.body_limit_bytes)));
+      }
+      upstream = await forward(request, { ...forwardOptions, identity, bodyOverride });
+      upstreamLatencyMs = Date.now() - started;
+    } catch (error) {
+      finish(error instanceof HTTPException ? error.status : 502);
+      throw error;
+    }
+    const headers = new Headers(upstream.headers);
+    for (const [name, value] of Object.entries(quotaHeaders(limits, admission.state))) headers.set(name, value);
+    if (upstream.status === 101 || !upstream.body) {
+      // A WebSocket holds no request slot once upgraded (it would block the user's LLM use).
+      finish(upstream.status);
+      return new Response(upstream.body, { status: upstream.status, headers, webSocket: upstream.webSocket ?? null });
+    }
+    const status = upstream.status;
+    const body = upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)).pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({ flush: () => finish(status) }),
+    );
+    return new Response(body, { status, statusText: upstream.statusText, headers });
   }
 
   app.onError((error) => {
@@ -68,7 +153,7 @@ function publicInfo(config: GatewayConfig) {
     name: "halo-gate",
     version: packageJson.version,
     auth: { scheme: "bearer", token_format: "sk-halo-<32 hex>", websocket_ticket: "POST /auth/ticket" },
-    routes: config.routes.map((route) => ({
+    routes: config.routes.map((route: RouteConfig) => ({
       path: route.match === "prefix" ? `${route.path}/*` : route.path,
       auth: route.auth,
       scope: route.scope,

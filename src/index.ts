@@ -10,6 +10,7 @@ import { createGateway, type GatewayEnv } from "./gateway";
 import { sweepExpiredTokens } from "./auth/sweep";
 
 export { UserQuota } from "./quota/user-quota";
+export { AuthThrottle } from "./auth/failed-auth-throttle";
 
 /** One parsed config per isolate (the env object is stable for an isolate's lifetime). */
 const configs = new WeakMap<object, GatewayConfig>();

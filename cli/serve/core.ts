@@ -39,7 +39,7 @@ export async function startCore(options: CoreOptions): Promise<Core> {
     bindings: { HALO_CONFIG: options.worker.rawHaloConfig as Record<string, unknown>, ...options.bindings },
     d1Databases: { DB: "halo-gate" },
     d1Persist: join(persist, "d1"),
-    durableObjects: { USER_QUOTA: "UserQuota" },
+    durableObjects: { USER_QUOTA: "UserQuota", AUTH_THROTTLE: "AuthThrottle" },
     durableObjectsPersist: join(persist, "do"),
     unsafeDirectSockets: [
       { host: "127.0.0.1", port: 0 },

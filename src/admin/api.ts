@@ -9,6 +9,7 @@ import { auditRecord, readAudit } from "../audit/audit-log";
 import { parseDuration } from "../config/duration";
 import { HANDLE_PATTERN, type GatewayConfig } from "../config/schema";
 import { errorResponse, errors, gatewayError } from "../http/errors";
+import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
 import { importBearers, inviteUser, listUsers, revokeUser, rotateUser, updateUser } from "./users";
 
@@ -48,8 +49,15 @@ function handleParam(value: string): string {
 }
 
 export function createAdminApi(config: GatewayConfig, now: () => number = Date.now): Hono<{ Bindings: Env }> {
-  const admin = new Hono<{ Bindings: Env }>().basePath("/admin");
-  admin.use(operatorAuth({ tokenSha256: (env) => env.ADMIN_TOKEN_SHA256 }));
+  const root = new Hono<{ Bindings: Env }>();
+  root.use(operatorAuth({ tokenSha256: (env) => env.ADMIN_TOKEN_SHA256 }));
+  /** Prometheus text; scrape with the operator token as a bearer credential. */
+  root.get("/metrics", async (c) =>
+    c.text(prometheusText(await collectUsage(c.env, config, now())), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }),
+  );
+  const admin = new Hono<{ Bindings: Env }>();
+
+  admin.get("/usage", async (c) => c.json({ users: await collectUsage(c.env, config, now()) }));
 
   admin.get("/users", async (c) => c.json({ users: await listUsers(c.env.DB, config, now()) }));
 
@@ -112,13 +120,14 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
     return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });
   });
 
-  admin.all("*", () => {
+  root.route("/admin", admin);
+  root.all("*", () => {
     throw gatewayError(404, { message: "No such admin endpoint.", type: "invalid_request_error", code: "not_found" });
   });
-  admin.onError((error) => {
+  root.onError((error) => {
     if (error instanceof HTTPException) return error.getResponse();
     console.error("halo-gate admin: unexpected error:", error instanceof Error ? error.message : String(error));
     return errorResponse(500, { message: "Internal admin error.", type: "server_error", code: "internal_error" });
   });
-  return admin;
+  return root;
 }

@@ -7,19 +7,12 @@
  */
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../auth/token";
 import type { GatewayConfig, UserLimits } from "../config/schema";
+import { effectiveLimits, type LimitOverrides } from "../quota/limits";
 import { gatewayError } from "../http/errors";
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
 import { parseBearersFile, type MalformedLine } from "./caddy-bearers";
 
 export type TokenStatus = "active" | "expired" | "revoked";
-
-/** Per-user limits; absent (or NULL in D1) means "the configured default". */
-export interface LimitOverrides {
-  rps?: number | null | undefined;
-  burst?: number | null | undefined;
-  streams?: number | null | undefined;
-  daily_tokens?: number | null | undefined;
-}
 
 export interface IssuedToken {
   handle: string;
@@ -276,17 +269,6 @@ const stripUndefined = (limits: LimitOverrides) =>
   Object.fromEntries(Object.entries(limits).filter(([, value]) => value !== undefined)) as LimitOverrides;
 const stripNulls = (limits: LimitOverrides) =>
   Object.fromEntries(Object.entries(limits).filter(([, value]) => value !== null && value !== undefined)) as LimitOverrides;
-
-/** The limits that apply to a user: its own overrides over the configured defaults. */
-export function effectiveLimits(config: GatewayConfig, overrides: LimitOverrides): UserLimits {
-  const rps = overrides.rps ?? config.limits.rps;
-  return {
-    rps,
-    burst: overrides.burst ?? (overrides.rps !== undefined ? Math.max(1, Math.ceil(rps)) : config.limits.burst),
-    streams: overrides.streams ?? config.limits.streams,
-    daily_tokens: overrides.daily_tokens ?? config.limits.daily_tokens,
-  };
-}
 
 export async function listUsers(db: D1Database, config: GatewayConfig, now: number): Promise<UserView[]> {
   const { results } = await db

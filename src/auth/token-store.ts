@@ -2,6 +2,8 @@
  * The token store: D1, because revocation must be read-your-writes (KV is eventually consistent).
  * The hot path needs one indexed lookup by hash; admin operations live in src/admin.
  */
+import type { LimitOverrides } from "../quota/limits";
+
 export interface TokenRecord {
   tokenId: string;
   handle: string;
@@ -9,6 +11,8 @@ export interface TokenRecord {
   issuedAt: number;
   expiresAt: number;
   revokedAt: number | null;
+  /** The user's own limits (NULL = configured default), fetched in the same query. */
+  limits: LimitOverrides;
 }
 
 export interface TokenStore {
@@ -18,7 +22,7 @@ export interface TokenStore {
   touch(tokenId: string, now: number): Promise<void>;
 }
 
-interface TokenRow {
+interface TokenRow extends LimitOverrides {
   token_id: string;
   handle: string;
   scopes: string;
@@ -37,7 +41,8 @@ export class D1TokenStore implements TokenStore {
   async findByHash(tokenHash: string): Promise<TokenRecord | null> {
     const row = await this.db
       .prepare(
-        "SELECT token_id, handle, scopes, issued_at, expires_at, revoked_at FROM tokens WHERE token_hash = ?1",
+        `SELECT t.token_id, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, u.rps, u.burst, u.streams, u.daily_tokens
+         FROM tokens t JOIN users u ON u.handle = t.handle WHERE t.token_hash = ?1`,
       )
       .bind(tokenHash)
       .first<TokenRow>();
@@ -49,6 +54,7 @@ export class D1TokenStore implements TokenStore {
       issuedAt: row.issued_at,
       expiresAt: row.expires_at,
       revokedAt: row.revoked_at,
+      limits: { rps: row.rps, burst: row.burst, streams: row.streams, daily_tokens: row.daily_tokens },
     };
   }
 

@@ -90,6 +90,8 @@ export const configSchema = z
     body_limit_bytes: z.number().int().positive().max(1024 ** 3).default(32 * 1024 * 1024),
     client_address_source: z.enum(["edge", "cf-connecting-ip"]).default("edge"),
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
+    /** In-flight slots are leases renewed while a stream runs; a crashed request's slot frees after this. */
+    quota_lease: duration("quota_lease").default("30s"),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
     mesh: z.strictObject({ login_server: z.url({ protocol: /^https?$/ }) }).default({
       login_server: "https://headscale.1bit.systems",
@@ -117,6 +119,7 @@ export const configSchema = z
     ...config,
     default_ttl_ms: parseDuration(config.default_ttl) as number,
     upstream_timeout_ms: parseDuration(config.upstream_timeout) as number,
+    quota_lease_ms: parseDuration(config.quota_lease) as number,
     limits: { ...config.limits, burst: config.limits.burst ?? Math.max(1, Math.ceil(config.limits.rps)) },
   }));
 

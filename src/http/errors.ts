@@ -97,6 +97,16 @@ export const errors = {
       type: "upstream_error",
       code: "upstream_timeout",
     }),
+  quotaUnavailable: () =>
+    gatewayError(
+      503,
+      {
+        message: "The quota service is not answering, so halo-gate refuses rather than run unmetered. Retry shortly.",
+        type: "server_error",
+        code: "quota_unavailable",
+      },
+      { "retry-after": "5" },
+    ),
   misconfigured: () =>
     gatewayError(503, {
       message: "halo-gate is misconfigured; the operator has been told in the gateway log.",

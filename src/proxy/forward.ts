@@ -15,6 +15,8 @@ export interface ForwardOptions {
   clientAddress: string;
   upstreamTimeoutMs: number;
   bodyLimitBytes: number;
+  /** A body already read and rewritten by the gateway (metered endpoints), sent instead of the client's. */
+  bodyOverride?: string | undefined;
 }
 
 class BodyTooLarge extends Error {}
@@ -25,7 +27,13 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   const url = upstreamUrl(options.route, options.canonicalPath, options.rawQuery);
   const headers = upstreamRequestHeaders(request.headers, options.identity, options.clientAddress, webSocket);
   const controller = new AbortController();
-  const body = limitedBody(request, options.bodyLimitBytes, controller);
+  let body: LimitedBody;
+  if (options.bodyOverride !== undefined) {
+    headers.delete("content-length"); // the runtime sets the rewritten body's length
+    body = { stream: null, exceeded: () => false };
+  } else {
+    body = limitedBody(request, options.bodyLimitBytes, controller);
+  }
   // A client that goes away aborts the upstream request too (needs the enable_request_signal flag).
   request.signal?.addEventListener("abort", () => controller.abort(request.signal.reason), { once: true });
   const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
@@ -34,7 +42,7 @@ export async function forward(request: Request, options: ForwardOptions): Promis
     upstream = await fetch(url, {
       method: request.method,
       headers,
-      body: body.stream,
+      body: options.bodyOverride ?? body.stream,
       redirect: "manual",
       signal: controller.signal,
     });
@@ -94,4 +102,31 @@ function limitedBody(request: Request, limit: number, upstream: AbortController)
     }),
   );
   return { stream, exceeded: () => exceeded };
+}
+
+/** The whole body as text, refused with 413 past the limit (declared or streamed). */
+export async function readBodyText(request: Request, limit: number): Promise<string> {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) throw errors.payloadTooLarge(limit);
+  if (!request.body) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw errors.payloadTooLarge(limit);
+    }
+    chunks.push(value);
+  }
+  const joined = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(joined);
 }

@@ -1,7 +1,171 @@
 /**
- * One Durable Object per user for quotas (SPEC §6). The binding and its SQLite migration are
- * declared now so deployments never need a class rename; admission logic lands with the quota work.
+ * One Durable Object per user (SQLite-backed), holding the user's quota counters and metrics.
+ * A Durable Object runs one call at a time, so `admit` decides every check atomically: 32
+ * concurrent requests against a bucket of N admit exactly N. State is written through to storage,
+ * so an eviction or a crash loses nothing; in-flight slots are leases that expire on their own.
  */
 import { DurableObject } from "cloudflare:workers";
+import type { UserLimits } from "../config/schema";
+import { dayKey, nextMidnight } from "./day";
+import type { Admission, AdmitRequest, QuotaState, RequestOutcome } from "./quota";
 
-export class UserQuota extends DurableObject<Env> {}
+/** Upper bounds (seconds) of the upstream latency histogram (time to response headers). */
+export const LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] as const;
+
+export interface UserMetrics {
+  status: { "2xx": number; "3xx": number; "4xx": number; "5xx": number; aborted: number };
+  refused: { rate: number; concurrency: number; daily: number };
+  /** Cumulative counts per LATENCY_BUCKETS bound, then +Inf. */
+  latencyBuckets: number[];
+  latencySumSeconds: number;
+  latencyCount: number;
+}
+
+export interface UsageSnapshot {
+  day: string;
+  tokensToday: number;
+  inFlight: number;
+  metrics: UserMetrics;
+}
+
+interface Bucket {
+  level: number;
+  at: number;
+}
+
+const emptyMetrics = (): UserMetrics => ({
+  status: { "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, aborted: 0 },
+  refused: { rate: 0, concurrency: 0, daily: 0 },
+  latencyBuckets: LATENCY_BUCKETS.map(() => 0).concat(0),
+  latencySumSeconds: 0,
+  latencyCount: 0,
+});
+
+export class UserQuota extends DurableObject<Env> {
+  private bucket: Bucket | null = null;
+  /** leaseId → expiry (ms, wall clock). */
+  private leases = new Map<string, number>();
+  private day = { key: "", used: 0 };
+  private metrics = emptyMetrics();
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    void ctx.blockConcurrencyWhile(async () => {
+      const stored = await ctx.storage.get<unknown>(["bucket", "leases", "day", "metrics"]);
+      this.bucket = (stored.get("bucket") as Bucket | undefined) ?? null;
+      this.leases = new Map(Object.entries((stored.get("leases") as Record<string, number> | undefined) ?? {}));
+      this.day = (stored.get("day") as { key: string; used: number } | undefined) ?? this.day;
+      this.metrics = { ...emptyMetrics(), ...((stored.get("metrics") as UserMetrics | undefined) ?? {}) };
+    });
+  }
+
+  async admit(request: AdmitRequest): Promise<Admission> {
+    const { limits, now } = request;
+    this.dropExpiredLeases(Date.now());
+    this.rollDay(now, request.timezone);
+    this.refill(limits, now);
+    const level = this.bucket!.level;
+
+    let refusal: "rate" | "concurrency" | "daily" | null = null;
+    let retryAfterSeconds = 1;
+    if (request.metered && this.day.used >= limits.daily_tokens) {
+      refusal = "daily";
+      retryAfterSeconds = Math.max(1, Math.ceil((nextMidnight(now, request.timezone) - now) / 1000));
+    } else if (this.leases.size >= limits.streams) {
+      refusal = "concurrency";
+    } else if (level < 1) {
+      refusal = "rate";
+      retryAfterSeconds = Math.max(1, Math.ceil((1 - level) / limits.rps));
+    }
+    if (refusal) {
+      // A refused request charges nothing: the bucket and the day are left as they were.
+      this.metrics.refused[refusal]++;
+      this.metrics.status["4xx"]++;
+      await this.persist();
+      return { admitted: false, refusal, retryAfterSeconds, state: this.state(limits, now, request.timezone) };
+    }
+    this.bucket!.level = level - 1;
+    const leaseId = crypto.randomUUID();
+    this.leases.set(leaseId, Date.now() + request.leaseMs);
+    await this.persist();
+    await this.armAlarm();
+    return { admitted: true, leaseId, state: this.state(limits, now, request.timezone) };
+  }
+
+  async renew(leaseId: string, leaseMs: number): Promise<void> {
+    if (!this.leases.has(leaseId)) return;
+    this.leases.set(leaseId, Date.now() + leaseMs);
+    await this.persist();
+  }
+
+  async release(leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
+    this.leases.delete(leaseId);
+    this.rollDay(now, timezone);
+    // Charged also when the lease had already expired: the tokens were produced all the same.
+    this.day.used += Math.max(0, Math.round(outcome.tokens));
+    const statusClass = outcome.status === 0 ? "aborted" : (`${Math.floor(outcome.status / 100)}xx` as keyof UserMetrics["status"]);
+    if (statusClass in this.metrics.status) this.metrics.status[statusClass]++;
+    if (outcome.upstreamLatencyMs !== null) {
+      const seconds = outcome.upstreamLatencyMs / 1000;
+      const index = LATENCY_BUCKETS.findIndex((bound) => seconds <= bound);
+      this.metrics.latencyBuckets[index === -1 ? LATENCY_BUCKETS.length : index]!++;
+      this.metrics.latencySumSeconds += seconds;
+      this.metrics.latencyCount++;
+    }
+    await this.persist();
+  }
+
+  async snapshot(now: number, timezone: string): Promise<UsageSnapshot> {
+    this.dropExpiredLeases(Date.now());
+    this.rollDay(now, timezone);
+    return { day: this.day.key, tokensToday: this.day.used, inFlight: this.leases.size, metrics: this.metrics };
+  }
+
+  override async alarm(): Promise<void> {
+    this.dropExpiredLeases(Date.now());
+    await this.persist();
+    await this.armAlarm();
+  }
+
+  private state(limits: UserLimits, now: number, timezone: string): QuotaState {
+    const level = this.bucket!.level;
+    return {
+      requestsRemaining: Math.max(0, level),
+      requestsResetSeconds: Math.ceil(Math.max(0, limits.burst - level) / limits.rps),
+      tokensUsedToday: this.day.used,
+      tokensRemainingToday: Math.max(0, limits.daily_tokens - this.day.used),
+      dayResetSeconds: Math.max(1, Math.ceil((nextMidnight(now, timezone) - now) / 1000)),
+      inFlight: this.leases.size,
+    };
+  }
+
+  private refill(limits: UserLimits, now: number) {
+    if (!this.bucket) {
+      this.bucket = { level: limits.burst, at: now };
+      return;
+    }
+    const elapsed = Math.max(0, now - this.bucket.at) / 1000;
+    this.bucket = { level: Math.min(limits.burst, this.bucket.level + elapsed * limits.rps), at: Math.max(now, this.bucket.at) };
+  }
+
+  private rollDay(now: number, timezone: string) {
+    const key = dayKey(now, timezone);
+    if (key !== this.day.key) this.day = { key, used: 0 };
+  }
+
+  private dropExpiredLeases(wallClock: number) {
+    for (const [leaseId, expiresAt] of this.leases) if (expiresAt <= wallClock) this.leases.delete(leaseId);
+  }
+
+  private async persist() {
+    await this.ctx.storage.put({ bucket: this.bucket, leases: Object.fromEntries(this.leases), day: this.day, metrics: this.metrics });
+  }
+
+  /** Wake up when the earliest lease would expire, so a crashed request's slot shows as free. */
+  private async armAlarm() {
+    if (this.leases.size === 0) return;
+    const earliest = Math.min(...this.leases.values());
+    const current = await this.ctx.storage.getAlarm();
+    if (current === null || current > earliest) await this.ctx.storage.setAlarm(earliest);
+  }
+}

@@ -147,7 +147,8 @@ describe("serve: lifecycle", () => {
   it("keeps every user, token and admin audit row across kill -9 under traffic", async () => {
     const upstreamPort = upstream.port;
     const own = await startServe({ config: testWranglerConfig(upstreamPort) });
-    const users = await Promise.all(["u1", "u2", "u3"].map((handle) => inviteJson(own.stateDir, handle)));
+    // Roomy limits: this test is about what survives; stranded slots have their own test.
+    const users = await Promise.all(["u1", "u2", "u3"].map((handle) => inviteJson(own.stateDir, handle, ["--streams", "100", "--rps", "1000", "--burst", "1000"])));
     await cli(["revoke", "u3", "--state", own.stateDir]);
     const traffic = Array.from({ length: 30 }, (_, index) =>
       fetch(`${own.url}/v2/v1/sse?n=5&gap=100`, { headers: bearer(users[index % 2]!.token) }).then((response) => response.text()).catch(() => "dropped"),

@@ -11,7 +11,11 @@ export interface RecordedRequest {
   headers: Record<string, string | string[] | undefined>;
   rawHeaders: string[];
   bodyBytes: number;
+  /** The request body as text (first 16 KiB). */
+  body: string;
   at: number;
+  /** The client (the gateway) closed the connection before the response ended. */
+  aborted: boolean;
 }
 
 export interface RecordingUpstream {
@@ -53,10 +57,22 @@ async function handle(request: IncomingMessage, response: ServerResponse, record
     return;
   }
   let bodyBytes = 0;
-  for await (const chunk of request) bodyBytes += (chunk as Buffer).byteLength;
-  const entry = { method: request.method ?? "", target, headers: request.headers, rawHeaders: request.rawHeaders, bodyBytes, at: Date.now() };
+  let body = "";
+  for await (const chunk of request) {
+    bodyBytes += (chunk as Buffer).byteLength;
+    if (body.length < 16_384) body += (chunk as Buffer).toString("utf8");
+  }
+  const entry: RecordedRequest = { method: request.method ?? "", target, headers: request.headers, rawHeaders: request.rawHeaders, bodyBytes, body, at: Date.now(), aborted: false };
   recorded.push(entry);
   if (recorded.length > 5_000) recorded.splice(0, 1_000);
+  response.on("close", () => {
+    if (!response.writableFinished) entry.aborted = true;
+  });
+
+  if (request.method === "POST" && /\/v1\/(chat\/)?completions$/.test(url.pathname)) {
+    await completion(url, body, response);
+    return;
+  }
 
   if (url.pathname.endsWith("/sse")) {
     const count = Number(url.searchParams.get("n") ?? 3);
@@ -86,4 +102,38 @@ async function handle(request: IncomingMessage, response: ServerResponse, record
   }
   response.writeHead(200, { "content-type": "application/json", "x-upstream": "recording" });
   response.end(JSON.stringify({ method: entry.method, target, bodyBytes }));
+}
+
+/**
+ * An OpenAI-style completion: `n` content deltas (query, default 3), `gap` ms apart; usage
+ * {prompt 7, completion n} in the JSON body, or as a final `choices: []` chunk when the request
+ * asked for `stream_options.include_usage` — never with `usage=never`.
+ */
+async function completion(url: URL, body: string, response: ServerResponse) {
+  let request: { stream?: boolean; stream_options?: { include_usage?: boolean } } = {};
+  try {
+    request = JSON.parse(body) as typeof request;
+  } catch {
+    // an unparsable body still gets an answer
+  }
+  const count = Number(url.searchParams.get("n") ?? 3);
+  const gap = Number(url.searchParams.get("gap") ?? 0);
+  const sendUsage = url.searchParams.get("usage") !== "never";
+  const usage = { prompt_tokens: 7, completion_tokens: count, total_tokens: 7 + count };
+  if (!request.stream) {
+    response.writeHead(200, { "content-type": "application/json" });
+    response.end(JSON.stringify({ id: "cmpl-1", object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: "x".repeat(count) } }], ...(sendUsage ? { usage } : {}) }));
+    return;
+  }
+  response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+  for (let index = 0; index < count; index++) {
+    if (response.destroyed) return;
+    response.write(`data: {"id":"cmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t${index}"}}]}\n\n`);
+    if (gap > 0) await new Promise((resolve) => setTimeout(resolve, gap));
+  }
+  response.write(`data: {"id":"cmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n`);
+  if (sendUsage && request.stream_options?.include_usage) {
+    response.write(`data: {"id":"cmpl-1","object":"chat.completion.chunk","choices":[],"usage":${JSON.stringify(usage)}}\n\n`);
+  }
+  response.end("data: [DONE]\n\n");
 }

@@ -27,7 +27,7 @@ export function testConfig(overrides: Record<string, unknown> = {}): GatewayConf
 
 /** Fetch through the gateway app inside workerd; the ExecutionContext is drained after the body is read. */
 export function gatewayClient(config: GatewayConfig = testConfig(), options: GatewayOptions = {}) {
-  const app = createGateway(config, options);
+  const app = createGateway(config, { auditFlushMs: 20, ...options });
   return async (path: string, init: RequestInit = {}): Promise<Response> => {
     const ctx = createExecutionContext();
     const response = await app.fetch(new Request(`http://gateway.test${path}`, init), env, ctx);
@@ -43,6 +43,7 @@ export interface SeedOptions {
   issuedAt?: number;
   expiresAt?: number;
   revokedAt?: number | null;
+  limits?: { rps?: number; burst?: number; streams?: number; daily_tokens?: number };
 }
 
 /** Insert a token the way the admin module does (hash only) and return its plaintext for the test. */
@@ -66,6 +67,13 @@ export async function seedToken(options: SeedOptions = {}) {
       options.expiresAt ?? now + 86_400_000,
       options.revokedAt ?? null,
     ),
+    env.DB.prepare("UPDATE users SET rps = ?2, burst = ?3, streams = ?4, daily_tokens = ?5 WHERE handle = ?1").bind(
+      handle,
+      options.limits?.rps ?? null,
+      options.limits?.burst ?? null,
+      options.limits?.streams ?? null,
+      options.limits?.daily_tokens ?? null,
+    ),
   ]);
   return { token, tokenId, handle };
 }
@@ -73,7 +81,16 @@ export async function seedToken(options: SeedOptions = {}) {
 export const bearer = (token: string, extra: Record<string, string> = {}) => ({ authorization: `Bearer ${token}`, ...extra });
 
 /** What the recording upstream received with this marker header. */
-export async function recordedWith(marker: string): Promise<Array<{ method: string; target: string; headers: Record<string, string>; bodyBytes: number }>> {
+export interface Recorded {
+  method: string;
+  target: string;
+  headers: Record<string, string>;
+  bodyBytes: number;
+  body: string;
+  aborted: boolean;
+}
+
+export async function recordedWith(marker: string): Promise<Recorded[]> {
   const response = await fetch(`${upstreamBase()}/__recorded?marker=${encodeURIComponent(marker)}`);
   return response.json();
 }
