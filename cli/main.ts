@@ -189,16 +189,42 @@ async function importBearers(args: string[]): Promise<number> {
   return report.refused.length + report.malformed.length > 0 ? 1 : 0;
 }
 
+interface UserUsage {
+  handle: string;
+  status: string;
+  requests: Record<string, number>;
+  refused: Record<string, number>;
+  tokens_today: number;
+  daily_tokens: number;
+  in_flight: number;
+  streams: number;
+  upstream_latency: { count: number; sum_seconds: number };
+}
+
 async function usage(args: string[]): Promise<number> {
   const { values, stateDir } = parse(args, { json: { type: "boolean" } }, 0);
-  const { users } = await adminRequest<{ users: UserView[] }>(stateDir, "GET", "/admin/users");
-  const rows = users.map((user) => ({ handle: user.handle, status: user.status, last_used_at: user.last_used_at, limits: user.limits }));
-  if (values.json) console.log(JSON.stringify({ users: rows }, null, 2));
-  else {
-    const table = new Table({ head: ["handle", "status", "last used", "limits"] });
-    for (const row of rows) table.push([row.handle, row.status, row.last_used_at ?? "never", formatLimits(row.limits)]);
-    console.log(table.toString());
+  const report = await adminRequest<{ users: UserUsage[] }>(stateDir, "GET", "/admin/usage");
+  if (values.json) {
+    console.log(JSON.stringify(report, null, 2));
+    return 0;
   }
+  const table = new Table({ head: ["handle", "status", "2xx", "4xx", "5xx", "aborted", "429 rate/streams/daily", "tokens today", "in flight", "mean upstream latency"] });
+  for (const user of report.users) {
+    const latency = user.upstream_latency.count ? `${Math.round((user.upstream_latency.sum_seconds / user.upstream_latency.count) * 1000)} ms` : "—";
+    table.push([
+      user.handle,
+      user.status,
+      user.requests["2xx"] ?? 0,
+      user.requests["4xx"] ?? 0,
+      user.requests["5xx"] ?? 0,
+      user.requests.aborted ?? 0,
+      `${user.refused.rate ?? 0}/${user.refused.concurrency ?? 0}/${user.refused.daily ?? 0}`,
+      `${user.tokens_today} / ${user.daily_tokens}`,
+      `${user.in_flight} / ${user.streams}`,
+      latency,
+    ]);
+  }
+  console.log(report.users.length === 0 ? "no users yet" : table.toString());
   return 0;
 }
 

@@ -19,7 +19,7 @@ import { matchRoute } from "./proxy/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
 import { effectiveLimits } from "./quota/limits";
-import type { QuotaService } from "./quota/quota";
+import { unlimitedQuota, type QuotaService } from "./quota/quota";
 
 export type GatewayEnv = { Bindings: Env; Variables: GuardVariables };
 
@@ -37,7 +37,7 @@ const PROBING: ReadonlySet<DenyReason> = new Set(["malformed", "unknown", "revok
 
 export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Hono<GatewayEnv> {
   const now = options.now ?? Date.now;
-  const quotaFor = options.quota ?? ((env: Env) => new DurableObjectQuota(env.USER_QUOTA));
+  const quotaFor = options.quota ?? (config.quotas ? (env: Env) => new DurableObjectQuota(env.USER_QUOTA) : () => unlimitedQuota);
   const auditFlushMs = options.auditFlushMs ?? AUTH_AUDIT_FLUSH_MS;
   const app = new Hono<GatewayEnv>();
 

@@ -100,6 +100,7 @@ export async function serve(options: ServeOptions): Promise<number> {
   });
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
   console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
+  if (!worker.config.quotas) console.warn("halo-gate: WARNING: quotas = false in HALO_CONFIG: per-user quotas are not enforced");
   console.log(`halo-gate listening on ${gatewayAddress}`);
 
   // miniflare's exit-hook answers SIGTERM/SIGINT with an immediate process.exit(143/130), which would

@@ -92,6 +92,8 @@ export const configSchema = z
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
     /** In-flight slots are leases renewed while a stream runs; a crashed request's slot frees after this. */
     quota_lease: duration("quota_lease").default("30s"),
+    /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
+    quotas: z.boolean().default(true),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
     mesh: z.strictObject({ login_server: z.url({ protocol: /^https?$/ }) }).default({
       login_server: "https://headscale.1bit.systems",

@@ -50,3 +50,14 @@ export interface QuotaService {
   renew(handle: string, leaseId: string, leaseMs: number): Promise<void>;
   release(handle: string, leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void>;
 }
+
+/** Quotas switched off (config `quotas = false`): every request admitted, nothing counted. */
+export const unlimitedQuota: QuotaService = {
+  admit: async (request) => ({
+    admitted: true,
+    leaseId: "unlimited",
+    state: { requestsRemaining: request.limits.burst, requestsResetSeconds: 0, tokensUsedToday: 0, tokensRemainingToday: request.limits.daily_tokens, dayResetSeconds: 0, inFlight: 0 },
+  }),
+  renew: async () => {},
+  release: async () => {},
+};
