@@ -3,7 +3,8 @@
  *   direct      — the upstream alone (the floor)
  *   core-open   — the worker on workerd, no-auth /studio route, no edge (miniflare direct socket)
  *   core        — the same with bearer auth (hash + D1 lookup): core vs core-open is the auth cost
- *   serve       — the production path: Node edge → workerd core → upstream, with a bearer token
+ *   serve       — the production path: Node edge → workerd core → upstream, bearer token, quotas on
+ *   serve-noquota, core-noquota — the same with `quotas = false` (isolates the quota check's cost)
  *   serve-open  — the same path on the no-auth /studio route (isolates the auth cost)
  *   workerd-edge — the rejected edge: a standalone workerd edge worker in front of the same core
  * Each load is bounded (DURATION_S seconds per scenario) and stays on loopback.
@@ -57,11 +58,20 @@ async function run(url: string, headers: Record<string, string>, connections: nu
   return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, bad: non2xx };
 }
 
-async function main() {
-  const upstream = await startUpstream();
+interface Gateway {
+  url: string;
+  core: string;
+  token: string;
+  stop(): Promise<void>;
+  rss(): { edgeMb: number; workerdMb: number };
+  startupMs: number;
+}
+
+async function startGateway(upstreamPort: number, overrides: Record<string, unknown>): Promise<Gateway> {
   const state = mkdtempSync(join(tmpdir(), "halo-gate-bench-"));
-  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: { routes: Array<{ upstream: string }> } } };
-  for (const route of toml.vars.HALO_CONFIG.routes) route.upstream = route.upstream.replace(/:\/\/127\.0\.0\.1:\d+/, `://127.0.0.1:${upstream.port}`);
+  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> & { routes: Array<{ upstream: string }> } } };
+  for (const route of toml.vars.HALO_CONFIG.routes) route.upstream = route.upstream.replace(/:\/\/127\.0\.0\.1:\d+/, `://127.0.0.1:${upstreamPort}`);
+  Object.assign(toml.vars.HALO_CONFIG, overrides);
   toml.main = join(ROOT, "src/index.ts");
   const config = join(state, "wrangler.toml");
   writeFileSync(config, stringify(toml));
@@ -69,7 +79,7 @@ async function main() {
   const bin = join(ROOT, "bin/halo-gate.mjs");
   const started = performance.now();
   const serve = spawn(process.execPath, [bin, "serve", "--state", state, "--config", config, "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
-  const gateway = await new Promise<string>((resolve) => {
+  const url = await new Promise<string>((resolve) => {
     let out = "";
     serve.stdout!.on("data", (chunk) => {
       out += chunk;
@@ -89,34 +99,58 @@ async function main() {
     serve.kill("SIGTERM");
     throw new Error(`invite failed: ${invite}`);
   }
-  const token = (JSON.parse(invite) as { token: string }).token;
-  const auth = { authorization: `Bearer ${token}` };
+  return {
+    url,
+    core: runtime.core,
+    token: (JSON.parse(invite) as { token: string }).token,
+    startupMs,
+    rss: () => ({ edgeMb: Math.round(rssKb(serve.pid!) / 1024), workerdMb: Math.round(runtime.workerd_pids.reduce((sum, pid) => sum + rssKb(pid), 0) / 1024) }),
+    stop: async () => {
+      serve.kill("SIGTERM");
+      await new Promise((resolve) => serve.on("exit", resolve));
+    },
+  };
+}
 
-  const edge = await startWorkerdEdge(runtime.core);
+async function main() {
+  const upstream = await startUpstream();
+  const withQuotas = await startGateway(upstream.port, {});
+  const withoutQuotas = await startGateway(upstream.port, { quotas: false });
+  const edge = await startWorkerdEdge(withQuotas.core);
+  const auth = (gateway: Gateway) => ({ authorization: `Bearer ${gateway.token}` });
   const scenarios: Array<[string, string, Record<string, string>]> = [
     ["direct", `http://127.0.0.1:${upstream.port}/v1/models`, {}],
-    ["core-open", `${runtime.core}/studio/v1/models`, {}],
-    ["core", `${runtime.core}/v2/v1/models`, auth],
-    ["serve", `${gateway}/v2/v1/models`, auth],
-    ["serve-open", `${gateway}/studio/v1/models`, {}],
-    ["workerd-edge", `${edge.url}/v2/v1/models`, auth],
+    ["core-open", `${withQuotas.core}/studio/v1/models`, {}],
+    ["core-noquota", `${withoutQuotas.core}/v2/v1/models`, auth(withoutQuotas)],
+    ["core", `${withQuotas.core}/v2/v1/models`, auth(withQuotas)],
+    ["serve-open", `${withQuotas.url}/studio/v1/models`, {}],
+    ["serve-noquota", `${withoutQuotas.url}/v2/v1/models`, auth(withoutQuotas)],
+    ["serve", `${withQuotas.url}/v2/v1/models`, auth(withQuotas)],
+    ["workerd-edge", `${edge.url}/v2/v1/models`, auth(withQuotas)],
   ];
   const rows: Array<Record<string, string | number>> = [];
-  for (const connections of CONNECTIONS) {
-    let floor = 0;
-    for (const [name, url, headers] of scenarios) {
-      const result = await run(url, headers, connections);
-      if (name === "direct") floor = result.rps;
-      rows.push({ scenario: name, connections, "req/s": Math.round(result.rps), "vs direct": (result.rps / floor).toFixed(2), "p50 ms": result.p50, "p99 ms": result.p99, "non-2xx": result.bad });
+  try {
+    for (const connections of CONNECTIONS) {
+      const measured = new Map<string, number>();
+      for (const [name, url, headers] of scenarios) {
+        const result = await run(url, headers, connections);
+        measured.set(name, result.rps);
+        rows.push({ scenario: name, connections, "req/s": Math.round(result.rps), "vs direct": (result.rps / measured.get("direct")!).toFixed(3), "p50 ms": result.p50, "p99 ms": result.p99, "non-2xx": result.bad });
+      }
+      const ratio = (a: string, b: string) => (measured.get(a)! / measured.get(b)!).toFixed(2);
+      console.log(
+        `c=${connections}: quotas on/off ${ratio("serve", "serve-noquota")} (serve), ${ratio("core", "core-noquota")} (core); ` +
+          `auth/open ${ratio("core-noquota", "core-open")} (core); Node edge/workerd edge ${ratio("serve", "workerd-edge")}; serve/core ${ratio("serve", "core")}`,
+      );
     }
+  } finally {
+    edge.process.kill("SIGKILL");
   }
-  const rss = { serveNodeMb: Math.round(rssKb(serve.pid!) / 1024), workerdMb: Math.round(runtime.workerd_pids.reduce((sum, pid) => sum + rssKb(pid), 0) / 1024) };
   console.table(rows);
-  console.log(`serve start-up to "listening": ${Math.round(startupMs)} ms (includes bundling the worker); RSS after the run: edge/launcher ${rss.serveNodeMb} MB + workerd ${rss.workerdMb} MB; ${DURATION_S} s per scenario`);
-
-  edge.process.kill("SIGKILL");
-  serve.kill("SIGTERM");
-  await new Promise((resolve) => serve.on("exit", resolve));
+  const rss = withQuotas.rss();
+  console.log(`serve start-up to "listening": ${Math.round(withQuotas.startupMs)} ms (includes bundling the worker); RSS after the run: edge/launcher ${rss.edgeMb} MB + workerd ${rss.workerdMb} MB; ${DURATION_S} s per scenario`);
+  await withQuotas.stop();
+  await withoutQuotas.stop();
   upstream.server.closeAllConnections();
   upstream.server.close();
 }

@@ -81,13 +81,13 @@ export class UserQuota extends DurableObject<Env> {
       // A refused request charges nothing: the bucket and the day are left as they were.
       this.metrics.refused[refusal]++;
       this.metrics.status["4xx"]++;
-      await this.persist();
+      await this.persist("bucket", "day", "metrics");
       return { admitted: false, refusal, retryAfterSeconds, state: this.state(limits, now, request.timezone) };
     }
     this.bucket!.level = level - 1;
     const leaseId = crypto.randomUUID();
     this.leases.set(leaseId, Date.now() + request.leaseMs);
-    await this.persist();
+    await this.persist("bucket", "leases", "day");
     await this.armAlarm();
     return { admitted: true, leaseId, state: this.state(limits, now, request.timezone) };
   }
@@ -95,7 +95,7 @@ export class UserQuota extends DurableObject<Env> {
   async renew(leaseId: string, leaseMs: number): Promise<void> {
     if (!this.leases.has(leaseId)) return;
     this.leases.set(leaseId, Date.now() + leaseMs);
-    await this.persist();
+    await this.persist("leases");
   }
 
   async release(leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
@@ -112,7 +112,7 @@ export class UserQuota extends DurableObject<Env> {
       this.metrics.latencySumSeconds += seconds;
       this.metrics.latencyCount++;
     }
-    await this.persist();
+    await this.persist("leases", "day", "metrics");
   }
 
   async snapshot(now: number, timezone: string): Promise<UsageSnapshot> {
@@ -123,7 +123,7 @@ export class UserQuota extends DurableObject<Env> {
 
   override async alarm(): Promise<void> {
     this.dropExpiredLeases(Date.now());
-    await this.persist();
+    await this.persist("leases");
     await this.armAlarm();
   }
 
@@ -157,8 +157,10 @@ export class UserQuota extends DurableObject<Env> {
     for (const [leaseId, expiresAt] of this.leases) if (expiresAt <= wallClock) this.leases.delete(leaseId);
   }
 
-  private async persist() {
-    await this.ctx.storage.put({ bucket: this.bucket, leases: Object.fromEntries(this.leases), day: this.day, metrics: this.metrics });
+  /** Writes through only what a call changed (each key is one row of the object's SQLite store). */
+  private async persist(...keys: Array<"bucket" | "leases" | "day" | "metrics">) {
+    const values = { bucket: this.bucket, leases: Object.fromEntries(this.leases), day: this.day, metrics: this.metrics };
+    await this.ctx.storage.put(Object.fromEntries(keys.map((key) => [key, values[key]])));
   }
 
   /** Wake up when the earliest lease would expire, so a crashed request's slot shows as free. */
