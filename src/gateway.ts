@@ -13,13 +13,14 @@ import type { GatewayConfig, RouteConfig } from "./config/schema";
 import { clientAddress, UNKNOWN_CLIENT } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
-import { chargeableTokens, meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
+import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText } from "./proxy/forward";
 import { matchRoute } from "./proxy/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
 import { effectiveLimits } from "./quota/limits";
 import { unlimitedQuota, type QuotaService } from "./quota/quota";
+import { endSlotWhenDone, holdSlot } from "./quota/slot";
 
 export type GatewayEnv = { Bindings: Env; Variables: GuardVariables };
 
@@ -90,51 +91,47 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       throw errors.quotaUnavailable();
     });
     if (!admission.admitted) {
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, tokenId: token.tokenId, status: 429, ...audit }, auditFlushMs);
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit }, auditFlushMs);
       return quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
     }
 
     // 4. Forward; the slot is released and the tokens charged when the response ends, however it ends.
     const tally: UsageTally = { reported: null, deltas: 0 };
-    const started = Date.now();
-    let upstreamLatencyMs: number | null = null;
-    const renewal = setInterval(() => void quota.renew(token.handle, admission.leaseId, config.quota_lease_ms).catch(() => {}), config.quota_lease_ms / 3);
-    let finished = false;
-    const finish = (status: number) => {
-      if (finished) return;
-      finished = true;
-      clearInterval(renewal);
-      const outcome = { status, tokens: chargeableTokens(tally), upstreamLatencyMs };
-      c.executionCtx.waitUntil(quota.release(token.handle, admission.leaseId, outcome, now(), config.timezone).catch(() => {}));
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit }, auditFlushMs);
-    };
-    request.signal?.addEventListener("abort", () => finish(0), { once: true });
-
+    const slot = holdSlot({
+      quota,
+      handle: token.handle,
+      leaseId: admission.leaseId,
+      leaseMs: config.quota_lease_ms,
+      timezone: config.timezone,
+      now,
+      tally,
+      waitUntil: (promise) => c.executionCtx.waitUntil(promise),
+      onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit }, auditFlushMs),
+    });
+    request.signal?.addEventListener("abort", () => slot.end(0), { once: true });
     let upstream: Response;
     let plan: MeterPlan = { dropInjectedUsage: false };
     try {
       let bodyOverride: string | undefined;
-      if (metered) {
-        ({ body: bodyOverride, plan } = planMeteredRequest(await readBodyText(request, config.body_limit_bytes)));
-      }
+      if (metered) ({ body: bodyOverride, plan } = planMeteredRequest(await readBodyText(request, config.body_limit_bytes)));
+      const started = Date.now();
       upstream = await forward(request, { ...forwardOptions, identity, bodyOverride });
-      upstreamLatencyMs = Date.now() - started;
+      slot.upstreamLatencyMs = Date.now() - started;
     } catch (error) {
-      finish(error instanceof HTTPException ? error.status : 502);
+      slot.end(error instanceof HTTPException ? error.status : 502);
       throw error;
     }
     const headers = new Headers(upstream.headers);
     for (const [name, value] of Object.entries(quotaHeaders(limits, admission.state))) headers.set(name, value);
     if (upstream.status === 101 || !upstream.body) {
       // A WebSocket holds no request slot once upgraded (it would block the user's LLM use).
-      finish(upstream.status);
+      slot.end(upstream.status);
       return new Response(upstream.body, { status: upstream.status, headers, webSocket: upstream.webSocket ?? null });
     }
-    const status = upstream.status;
-    const body = upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)).pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({ flush: () => finish(status) }),
-    );
-    return new Response(body, { status, statusText: upstream.statusText, headers });
+    const body = upstream.body
+      .pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally))
+      .pipeThrough(endSlotWhenDone(slot, upstream.status));
+    return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
 
   app.onError((error) => {
