@@ -252,7 +252,7 @@ async function serveCommand(args: string[]): Promise<number> {
     cron: values.cron as string | undefined,
     config: values.config as string | undefined,
     meshWaitMs: Number(process.env.HALO_GATE_MESH_WAIT_MS ?? 60_000),
-    graceMs: 30_000,
+    graceMs: Number(process.env.HALO_GATE_SHUTDOWN_GRACE_MS ?? 30_000),
   });
 }
 

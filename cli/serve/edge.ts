@@ -150,7 +150,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     if (socket.writable) socket.end(rawResponse(400, "Bad Request", jsonError(400, "bad_request", "Malformed HTTP request.")));
     else socket.destroy();
   });
-  server.on("upgrade", (request: IncomingMessage, socket: Socket, head: Buffer) => proxyUpgrade(request, socket, head, options));
+  // Upgraded sockets leave the HTTP server's bookkeeping (closeAllConnections skips them), so the
+  // edge tracks its tunnels itself: they count as in flight and are cut after the shutdown grace.
+  const tunnels = new Set<Socket>();
+  server.on("upgrade", (request: IncomingMessage, socket: Socket, head: Buffer) => {
+    tunnels.add(socket);
+    socket.once("close", () => tunnels.delete(socket));
+    proxyUpgrade(request, socket, head, options);
+  });
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -160,13 +167,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   return {
     server,
     address: { host: bound.address, port: bound.port },
-    inFlight: () => active,
+    inFlight: () => active + tunnels.size,
     async close(graceMs) {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       const deadline = Date.now() + graceMs;
-      while (active > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      while (active + tunnels.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
       server.closeAllConnections();
+      for (const tunnel of tunnels) tunnel.destroy();
       agent.destroy();
       await closed;
     },

@@ -15,12 +15,12 @@ const BIN = join(ROOT, "bin/halo-gate.mjs");
 export const tempDir = (prefix = "halo-gate-") => mkdtempSync(join(tmpdir(), prefix));
 
 /** A copy of wrangler.toml with every route's upstream moved to `upstreamPort` and config overrides. */
-export function testWranglerConfig(upstreamPort: number, overrides: Record<string, unknown> = {}): string {
+export function testWranglerConfig(upstreamPort: number, overrides: Record<string, unknown> = {}, routeUpstreams: Record<string, string> = {}): string {
   const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> } };
   const halo = toml.vars.HALO_CONFIG;
   halo.routes = (halo.routes as Array<Record<string, unknown>>).map((route) => ({
     ...route,
-    upstream: String(route.upstream).replace(/^(\w+):\/\/127\.0\.0\.1:\d+/, `$1://127.0.0.1:${upstreamPort}`),
+    upstream: routeUpstreams[String(route.name)] ?? String(route.upstream).replace(/^(\w+):\/\/127\.0\.0\.1:\d+/, `$1://127.0.0.1:${upstreamPort}`),
   }));
   Object.assign(halo, overrides);
   toml.main = join(ROOT, "src/index.ts");
