@@ -11,7 +11,7 @@ export default defineConfig({
         plugins: [
           cloudflareTest({
             wrangler: { configPath: "./wrangler.toml" },
-            miniflare: { bindings: { TEST_MIGRATIONS: migrations, EDGE_SECRET: "test-edge-secret" } },
+            miniflare: { bindings: { TEST_MIGRATIONS: migrations, EDGE_SECRET: "test-edge-secret", TICKET_SECRET: "test-ticket-secret-0123456789abcdef" } },
           }),
         ],
         test: {

@@ -4,11 +4,13 @@
  */
 import { Hono, type Context } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { z } from "zod";
 import packageJson from "../package.json";
 import { AUTH_AUDIT_FLUSH_MS, recordAuthDecision } from "./audit/auth-audit";
 import { AuthDenied, authenticate, type DenyReason } from "./auth/authenticate";
 import { recordAuthFailure, throttledResponse } from "./auth/failed-auth-throttle";
-import { D1TokenStore } from "./auth/token-store";
+import { authenticateTicket, issueTicket, takeTicket, type TicketUse } from "./auth/ticket";
+import { D1TokenStore, type TokenRecord } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig } from "./config/schema";
 import { clientAddress, UNKNOWN_CLIENT } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
@@ -33,6 +35,13 @@ export interface GatewayOptions {
   auditFlushMs?: number;
 }
 
+const ticketRequest = z.strictObject({ scope: z.string().max(32).optional() });
+
+/** Single use of tickets, recorded in the ticket owner's UserQuota Durable Object. */
+const ticketUses = (env: Env): TicketUse => ({
+  consume: (handle, jti, expiresAt) => env.USER_QUOTA.get(env.USER_QUOTA.idFromName(handle)).consumeTicket(jti, expiresAt),
+});
+
 /** Failures that probe the token store; a valid token on the wrong route is not one. */
 const PROBING: ReadonlySet<DenyReason> = new Set(["malformed", "unknown", "revoked", "expired"]);
 
@@ -45,40 +54,70 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.use(requestGuard());
   app.get("/healthz", (c) => c.json({ status: "ok" }));
   app.get("/api/info", (c) => c.json(publicInfo(config)));
+
+  app.post("/auth/ticket", handleTicket);
   app.all("*", handleCompute);
+
+  /**
+   * Steps 1–2 of every authenticated request, audited: an address that keeps failing is refused
+   * before the token store is touched; then bearer (or a single-use ticket) → token → scope.
+   */
+  async function authenticateRequest(c: Context<GatewayEnv>, routeName: string, scope: string, client: string, ticket: string | null): Promise<TokenRecord> {
+    const throttled = client === UNKNOWN_CLIENT ? null : throttledResponse(client, now());
+    if (throttled) throw new HTTPException(429, { res: throttled });
+    const store = new D1TokenStore(c.env.DB);
+    try {
+      const token =
+        ticket === null
+          ? await authenticate(c.req.header("authorization") ?? null, scope, store, now())
+          : await authenticateTicket(ticket, scope, c.env.TICKET_SECRET, store, ticketUses(c.env), now());
+      c.executionCtx.waitUntil(store.touch(token.tokenId, now()));
+      return token;
+    } catch (error) {
+      if (!(error instanceof AuthDenied)) throw error;
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: routeName, status: error.response.status, client }, auditFlushMs);
+      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()));
+      throw error;
+    }
+  }
+
+  /** `POST /auth/ticket` {"scope"?: "audio"} (bearer) → a ticket for that scope's WebSocket route. */
+  async function handleTicket(c: Context<GatewayEnv>): Promise<Response> {
+    const ticketScopes = config.routes.flatMap((route) => (route.auth === "bearer_or_ticket" && route.scope ? [route.scope] : []));
+    const body = ticketRequest.safeParse(await c.req.json().catch(() => ({})));
+    const scope = body.success ? (body.data.scope ?? ticketScopes[0]) : undefined;
+    if (!scope || !ticketScopes.includes(scope)) {
+      throw errors.badRequest(`Send {"scope": …} naming a WebSocket route's scope: ${ticketScopes.join(", ") || "none configured"}.`, "invalid_scope");
+    }
+    if (!c.env.TICKET_SECRET) throw errors.ticketsDisabled();
+    const client = clientAddress(c.req.raw, config, c.env.EDGE_SECRET);
+    const token = await authenticateRequest(c, "auth/ticket", scope, client, null);
+    recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client }, auditFlushMs);
+    return c.json(await issueTicket(c.env.TICKET_SECRET, token, scope, now()), 201, { "cache-control": "no-store" });
+  }
 
   async function handleCompute(c: Context<GatewayEnv>): Promise<Response> {
     const request = c.req.raw;
     const route = matchRoute(config.routes, c.var.canonicalPath, c.req.header("host") ?? null);
     if (!route) throw errors.notFound();
     const client = clientAddress(request, config, c.env.EDGE_SECRET);
+    // Browsers cannot set Authorization on a WebSocket: those routes also take `?ticket=`, never forwarded.
+    const takesTicket = route.auth === "bearer_or_ticket" && c.req.header("authorization") === undefined;
+    const { ticket, rest: rawQuery } = takesTicket ? takeTicket(c.var.rawQuery) : { ticket: null, rest: c.var.rawQuery };
     const forwardOptions = {
       route,
       canonicalPath: c.var.canonicalPath,
-      rawQuery: c.var.rawQuery,
+      rawQuery,
       clientAddress: client,
       upstreamTimeoutMs: config.upstream_timeout_ms,
       bodyLimitBytes: config.body_limit_bytes,
     };
     if (route.scope === null) return forward(request, { ...forwardOptions, identity: null });
 
-    // 1. An address that keeps failing is refused before the token store is touched.
-    const throttled = client === UNKNOWN_CLIENT ? null : throttledResponse(client, now());
-    if (throttled) return throttled;
-
-    // 2. Bearer → token (one D1 lookup by hash: current, unexpired, unrevoked) → scope.
+    // 1–2. Throttle → bearer (or ticket) → token (one D1 lookup: current, unexpired, unrevoked) → scope.
     const audit = { route: route.name, client };
-    let token;
-    try {
-      token = await authenticate(c.req.header("authorization") ?? null, route.scope, new D1TokenStore(c.env.DB), now());
-    } catch (error) {
-      if (!(error instanceof AuthDenied)) throw error;
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, status: error.response.status, ...audit }, auditFlushMs);
-      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()));
-      throw error;
-    }
+    const token = await authenticateRequest(c, route.name, route.scope, client, ticket);
     const identity = { handle: token.handle, tokenId: token.tokenId };
-    c.executionCtx.waitUntil(new D1TokenStore(c.env.DB).touch(token.tokenId, now()));
 
     // 3. Quota: one Durable Object call admits with every check at once. If it cannot answer, fail closed.
     const limits = effectiveLimits(config, token.limits);

@@ -69,7 +69,8 @@ export async function serve(options: ServeOptions): Promise<number> {
       scriptPath,
       stateDir: options.stateDir,
       admin,
-      bindings: { EDGE_SECRET: edgeSecret, ADMIN_TOKEN_SHA256: sha256Hex(operatorToken) },
+      // Tickets live at most 60 s, so a fresh key per boot costs nothing and is never stored.
+      bindings: { EDGE_SECRET: edgeSecret, ADMIN_TOKEN_SHA256: sha256Hex(operatorToken), TICKET_SECRET: randomBytes(32).toString("hex") },
     });
   } catch (error) {
     throw new CliError(`the workerd core did not start (is the admin address ${formatHostPort(admin.host, admin.port)} already in use?): ${(error as Error).message.split("\n")[0]}`);

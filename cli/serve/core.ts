@@ -12,7 +12,7 @@ export interface CoreOptions {
   scriptPath: string;
   stateDir: string;
   admin: { host: string; port: number };
-  bindings: { EDGE_SECRET: string; ADMIN_TOKEN_SHA256: string };
+  bindings: { EDGE_SECRET: string; ADMIN_TOKEN_SHA256: string; TICKET_SECRET: string };
 }
 
 export interface Core {

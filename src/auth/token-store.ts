@@ -18,6 +18,8 @@ export interface TokenRecord {
 export interface TokenStore {
   /** The token with this SHA-256 hash, whatever its state, or null. */
   findByHash(tokenHash: string): Promise<TokenRecord | null>;
+  /** The token with this non-secret id, whatever its state, or null. */
+  findById(tokenId: string): Promise<TokenRecord | null>;
   /** Record use; cheap to call on every request (writes at most about once a minute per token). */
   touch(tokenId: string, now: number): Promise<void>;
 }
@@ -38,13 +40,21 @@ const lastTouched = new Map<string, number>();
 export class D1TokenStore implements TokenStore {
   constructor(private readonly db: D1Database) {}
 
-  async findByHash(tokenHash: string): Promise<TokenRecord | null> {
+  findByHash(tokenHash: string): Promise<TokenRecord | null> {
+    return this.findWhere("t.token_hash = ?1", tokenHash);
+  }
+
+  findById(tokenId: string): Promise<TokenRecord | null> {
+    return this.findWhere("t.token_id = ?1", tokenId);
+  }
+
+  private async findWhere(condition: string, value: string): Promise<TokenRecord | null> {
     const row = await this.db
       .prepare(
         `SELECT t.token_id, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, u.rps, u.burst, u.streams, u.daily_tokens
-         FROM tokens t JOIN users u ON u.handle = t.handle WHERE t.token_hash = ?1`,
+         FROM tokens t JOIN users u ON u.handle = t.handle WHERE ${condition}`,
       )
-      .bind(tokenHash)
+      .bind(value)
       .first<TokenRow>();
     if (!row) return null;
     return {

@@ -107,6 +107,12 @@ export const errors = {
       },
       { "retry-after": "5" },
     ),
+  ticketsDisabled: () =>
+    gatewayError(503, {
+      message: "WebSocket tickets are not enabled on this gateway (no TICKET_SECRET); use a bearer token.",
+      type: "server_error",
+      code: "tickets_disabled",
+    }),
   misconfigured: () =>
     gatewayError(503, {
       message: "halo-gate is misconfigured; the operator has been told in the gateway log.",

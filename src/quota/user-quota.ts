@@ -115,6 +115,17 @@ export class UserQuota extends DurableObject<Env> {
     await this.persist("leases", "day", "metrics");
   }
 
+  /** Single use of a WebSocket ticket: true the first time its id is seen (ids kept until expiry). */
+  async consumeTicket(jti: string, expiresAt: number): Promise<boolean> {
+    const used = (await this.ctx.storage.get<Record<string, number>>("tickets")) ?? {};
+    const now = Date.now();
+    for (const [id, expiry] of Object.entries(used)) if (expiry < now) delete used[id];
+    if (jti in used) return false;
+    used[jti] = expiresAt;
+    await this.ctx.storage.put("tickets", used);
+    return true;
+  }
+
   async snapshot(now: number, timezone: string): Promise<UsageSnapshot> {
     this.dropExpiredLeases(Date.now());
     this.rollDay(now, timezone);

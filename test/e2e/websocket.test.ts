@@ -64,6 +64,22 @@ describe("WebSocket /audio/ws through serve", () => {
     expect(seen.headers["x-forwarded-for"]).toBe("127.0.0.1");
   });
 
+  it("accepts a single-use ticket from POST /auth/ticket, as a browser would use it, and never forwards it", async () => {
+    const minted = await fetch(`${gateway.url}/auth/ticket`, { method: "POST", headers: { ...bearer(token), "content-type": "application/json" }, body: '{"scope":"audio"}' });
+    expect(minted.status).toBe(201);
+    const { ticket } = (await minted.json()) as { ticket: string };
+    const result = await open(wsUrl(`/audio/ws?ticket=${ticket}`));
+    if (!("socket" in result)) throw new Error(`upgrade refused: ${result.status} ${result.body}`);
+    const reply = new Promise<string>((resolve) => result.socket.once("message", (data) => resolve(String(data))));
+    result.socket.send("from a browser");
+    expect(await reply).toBe("echo:from a browser");
+    result.socket.close();
+    expect(upgrades.at(-1)?.url).toBe("/ws");
+    expect(upgrades.at(-1)?.headers["x-halo-user"]).toBe("wes");
+    const reused = await open(wsUrl(`/audio/ws?ticket=${ticket}`));
+    expect("status" in reused && reused.status).toBe(401);
+  });
+
   it("refuses an upgrade without credentials (401) or without the audio scope (403) before the upstream sees it", async () => {
     const before = upgrades.length;
     const anonymous = await open(wsUrl("/audio/ws"));

@@ -19,6 +19,7 @@ export function testConfig(overrides: Record<string, unknown> = {}): GatewayConf
       { name: "sd", path: "/sd", upstream, strip_prefix: true, auth: "bearer" },
       { name: "down", path: "/down", upstream: `http://127.0.0.1:${inject("closedPort")}`, strip_prefix: true, auth: "bearer" },
       { name: "studio", path: "/studio", upstream, strip_prefix: false, auth: "none" },
+      { name: "audio", path: "/audio/ws", match: "exact", upstream: `${upstream}/wsbase`, auth: "bearer_or_ticket" },
     ],
     default_scopes: ["v2"],
     ...overrides,
