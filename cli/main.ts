@@ -100,7 +100,7 @@ Scopes: ${issued.scopes.join(", ")}    Expires: ${issued.expires_at}
    curl -H "Authorization: Bearer ${issued.token}" ${gateway}/v2/v1/models
 3. Apps: use base URL ${gateway}/v2/v1 and the token as the API key (OpenAI-compatible).
    Phone: install Tailscale, choose "Use an alternate server" with ${loginServer}, sign in with the key above.
-   Browser: the studio is at ${gateway}/studio/ (mesh only, no token needed).`);
+   Browser: ${gateway}/_halo/connect checks the token and the audio stream; the studio is at ${gateway}/studio/ (mesh only, no token needed).`);
   return 0;
 }
 

@@ -14,6 +14,7 @@ import { D1TokenStore, type TokenRecord } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig } from "./config/schema";
 import { clientAddress, UNKNOWN_CLIENT } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
+import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
 import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText } from "./proxy/forward";
@@ -55,6 +56,9 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.get("/healthz", (c) => c.json({ status: "ok" }));
   app.get("/api/info", (c) => c.json(publicInfo(config)));
 
+  app.get("/_halo/connect", (c) => c.html(CONNECT_HTML, 200, PAGE_HEADERS));
+  app.get("/_halo/connect.js", (c) => c.body(CONNECT_JS, 200, { ...PAGE_HEADERS, "content-type": "text/javascript; charset=utf-8" }));
+  app.get("/_halo/connect.css", (c) => c.body(CONNECT_CSS, 200, { ...PAGE_HEADERS, "content-type": "text/css; charset=utf-8" }));
   app.post("/auth/ticket", handleTicket);
   app.all("*", handleCompute);
 
@@ -188,7 +192,7 @@ function publicInfo(config: GatewayConfig) {
   return {
     name: "halo-gate",
     version: packageJson.version,
-    auth: { scheme: "bearer", token_format: "sk-halo-<32 hex>", websocket_ticket: "POST /auth/ticket" },
+    auth: { scheme: "bearer", token_format: "sk-halo-<32 hex>", websocket_ticket: "POST /auth/ticket", connect_page: "/_halo/connect" },
     routes: config.routes.map((route: RouteConfig) => ({
       path: route.match === "prefix" ? `${route.path}/*` : route.path,
       auth: route.auth,
