@@ -91,9 +91,10 @@ export async function serve(options: ServeOptions): Promise<number> {
 
   const gatewayAddress = `http://${formatHostPort(edge.address.host, edge.address.port)}`;
   const adminAddress = `http://${formatHostPort(core.adminUrl.hostname.replace(/^\[|\]$/g, ""), Number(core.adminUrl.port))}`;
+  const workerdPids = childPids("workerd");
   writeRuntimeInfo(options.stateDir, {
     pid: process.pid,
-    workerd_pids: childPids("workerd"),
+    workerd_pids: workerdPids,
     gateway: gatewayAddress,
     admin: adminAddress,
     core: core.gatewayUrl.origin,
@@ -110,9 +111,24 @@ export async function serve(options: ServeOptions): Promise<number> {
   process.removeAllListeners("SIGINT");
   return new Promise<number>((resolveExit) => {
     let stopping = false;
+    // A core that dies would leave the edge answering 502 forever: exit 1 instead, so the service
+    // manager (systemd Restart=on-failure) brings the whole gateway back.
+    const watchdog = setInterval(() => {
+      if (stopping || workerdPids.every(isAlive)) return;
+      stopping = true;
+      clearInterval(watchdog);
+      console.error("halo-gate: the workerd core exited unexpectedly; stopping so the service manager restarts halo-gate");
+      for (const cron of crons) cron.stop();
+      void edge.close(0).finally(() => {
+        removeRuntimeInfo(options.stateDir, process.pid);
+        // miniflare's own Node handles would keep a process with a dead runtime alive: leave now.
+        process.exit(1);
+      });
+    }, 1_000);
     const stop = async (signal: string) => {
       if (stopping) return;
       stopping = true;
+      clearInterval(watchdog);
       console.log(`halo-gate: ${signal}: finishing ${edge.inFlight()} in-flight request(s)`);
       for (const cron of crons) cron.stop();
       await edge.close(options.graceMs);

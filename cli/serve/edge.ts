@@ -36,7 +36,7 @@ const canonical = (name: string) => name.toLowerCase().replace(/_/g, "-");
 const isInternal = (name: string) => name.startsWith("x-halo-") || name.startsWith("mf-") || name.startsWith("cf-");
 
 function jsonError(status: number, code: string, message: string) {
-  return JSON.stringify({ error: { message, type: "invalid_request_error", code } });
+  return JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : "invalid_request_error", code } });
 }
 
 function rawResponse(status: number, reason: string, body: string, extra = ""): string {

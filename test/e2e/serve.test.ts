@@ -1,4 +1,5 @@
 /** `halo-gate serve` end to end: the edge socket, forwarding, streaming, crash safety, cron, shutdown. */
+import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startRecordingUpstream, type RecordingUpstream } from "../support/upstream-server";
@@ -199,6 +200,15 @@ describe("serve: lifecycle", () => {
     } finally {
       await own.stop();
     }
+  });
+
+  it("exits 1 when its workerd core dies, so a service manager restarts it", async () => {
+    const own = await startServe({ config: testWranglerConfig(upstream.port) });
+    const runtime = JSON.parse(readFileSync(`${own.stateDir}/serve.json`, "utf8")) as { workerd_pids: number[] };
+    expect(runtime.workerd_pids.length).toBeGreaterThan(0);
+    for (const pid of runtime.workerd_pids) process.kill(pid, "SIGKILL");
+    expect(await own.exited).toBe(1);
+    expect(own.output()).toContain("the workerd core exited unexpectedly");
   });
 
   it("the only listener on its bind address is the gateway socket, and it is not reachable on another loopback address", async () => {
