@@ -9,6 +9,7 @@ export const CONNECT_HTML = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>halo-gate · connect</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/_halo/connect.css">
 </head>
 <body>
@@ -77,7 +78,7 @@ export const CONNECT_JS = `"use strict";
 
 /** Headers for every gateway-owned page: nothing external, nothing cached, never framed. */
 export const PAGE_HEADERS = {
-  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
   "cache-control": "no-store",
   "referrer-policy": "no-referrer",
   "x-content-type-options": "nosniff",
