@@ -2,6 +2,7 @@
 import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { deliveredOneByOne, readTimedEvents } from "../support/sse";
 import { startRecordingUpstream, type RecordingUpstream } from "../support/upstream-server";
 import { bearer, cli, inviteJson, listeningPorts, startServe, testWranglerConfig, type Serve } from "./harness";
 
@@ -119,20 +120,10 @@ describe("serve: forwarding through the edge", () => {
 
   it("delivers SSE through serve event by event", async () => {
     const response = await fetch(`${gateway.url}/v2/v1/sse?n=4&gap=300`, { headers: bearer(token) });
-    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-    const events: Array<{ sentAt: number; arrivedAt: number }> = [];
-    let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += value;
-      const parts = buffered.split("\n\n");
-      buffered = parts.pop() ?? "";
-      for (const part of parts) events.push({ sentAt: (JSON.parse(part.slice(6)) as { sent_at: number }).sent_at, arrivedAt: Date.now() });
-    }
+    const events = await readTimedEvents(response.body!);
     expect(events).toHaveLength(4);
-    // Not buffered by the edge or the core: each event arrived before the upstream sent the next.
-    for (let index = 0; index + 1 < events.length; index++) expect(events[index]!.arrivedAt).toBeLessThan(events[index + 1]!.sentAt);
+    // Not buffered: every event reached the client before the upstream had even sent the next one.
+    expect(deliveredOneByOne(events), JSON.stringify(events)).toBe(true);
   });
 
   it("the admin API refuses a missing or wrong operator token", async () => {

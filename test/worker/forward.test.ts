@@ -1,6 +1,7 @@
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { createGateway } from "../../src/gateway";
+import { deliveredOneByOne, readTimedEvents } from "../support/sse";
 import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig } from "./helpers";
 
 const EDGE = { "x-halo-edge-secret": "test-edge-secret", "x-halo-client-addr": "100.64.1.7" };
@@ -81,21 +82,10 @@ describe("forwarding (SPEC §4)", () => {
       ctx,
     );
     expect(response.headers.get("content-type")).toBe("text/event-stream");
-    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-    const events: Array<{ sentAt: number; arrivedAt: number }> = [];
-    let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += value;
-      const parts = buffered.split("\n\n");
-      buffered = parts.pop() ?? "";
-      for (const part of parts) events.push({ sentAt: (JSON.parse(part.slice(6)) as { sent_at: number }).sent_at, arrivedAt: Date.now() });
-    }
-    await waitOnExecutionContext(ctx);
+    const events = await readTimedEvents(response.body!);
     expect(events).toHaveLength(4);
     // Not buffered: every event reached the client before the upstream had even sent the next one.
-    for (let index = 0; index + 1 < events.length; index++) expect(events[index]!.arrivedAt).toBeLessThan(events[index + 1]!.sentAt);
+    expect(deliveredOneByOne(events), JSON.stringify(events)).toBe(true);
   });
 
   it("refuses a declared body over the limit with 413 before contacting the upstream", async () => {
