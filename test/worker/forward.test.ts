@@ -83,6 +83,7 @@ describe("forwarding (SPEC §4)", () => {
     );
     expect(response.headers.get("content-type")).toBe("text/event-stream");
     const events = await readTimedEvents(response.body!);
+    await waitOnExecutionContext(ctx);
     expect(events).toHaveLength(4);
     // Not buffered: every event reached the client before the upstream had even sent the next one.
     expect(deliveredOneByOne(events), JSON.stringify(events)).toBe(true);
