@@ -11,7 +11,8 @@ import { HANDLE_PATTERN, type GatewayConfig } from "../config/schema";
 import { errorResponse, errors, gatewayError } from "../http/errors";
 import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
-import { importBearers, inviteUser, listUsers, revokeUser, rotateUser, updateUser } from "./users";
+import { importBearers } from "./import-bearers";
+import { inviteUser, listUsers, revokeUser, rotateUser, updateUser } from "./users";
 
 const handle = z.string().regex(HANDLE_PATTERN, "a handle is 1–32 of a-z 0-9 . _ - and starts with a letter or digit");
 const scopes = z.array(z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/)).min(1);

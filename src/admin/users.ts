@@ -10,7 +10,6 @@ import type { GatewayConfig, UserLimits } from "../config/schema";
 import { effectiveLimits, type LimitOverrides } from "../quota/limits";
 import { gatewayError } from "../http/errors";
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
-import { parseBearersFile, type MalformedLine } from "./caddy-bearers";
 
 export type TokenStatus = "active" | "expired" | "revoked";
 
@@ -37,7 +36,7 @@ export interface UserView {
   limits: UserLimits;
 }
 
-const iso = (time: number) => new Date(time).toISOString();
+export const iso = (time: number) => new Date(time).toISOString();
 const isoOrNull = (time: number | null) => (time === null ? null : iso(time));
 
 export function tokenStatus(token: { revoked_at: number | null; expires_at: number }, now: number): TokenStatus {
@@ -62,7 +61,7 @@ export function checkScopes(config: GatewayConfig, scopes: string[]): void {
  * One statement that inserts the token only when it may exist: the handle holds no active token
  * and a seat is free (an already-expired token, as an import may bring, takes no seat).
  */
-function insertTokenIfSeat(
+export function insertTokenIfSeat(
   db: D1Database,
   config: GatewayConfig,
   row: { tokenId: string; hash: string; hint: string; handle: string; scopes: string[]; issuedAt: number; expiresAt: number; source: string },
@@ -88,7 +87,7 @@ async function activeSeats(db: D1Database, now: number): Promise<number> {
 }
 
 /** Why a conditional insert did not happen, in words the operator can act on. */
-async function refusal(db: D1Database, config: GatewayConfig, handle: string, now: number) {
+export async function refusal(db: D1Database, config: GatewayConfig, handle: string, now: number) {
   const active = await db
     .prepare("SELECT expires_at FROM tokens WHERE handle = ?1 AND revoked_at IS NULL AND expires_at > ?2 LIMIT 1")
     .bind(handle, now)
@@ -293,62 +292,4 @@ export async function listUsers(db: D1Database, config: GatewayConfig, now: numb
     last_used_at: isoOrNull(row.last_used_at),
     limits: effectiveLimits(config, stripNulls(row)),
   }));
-}
-
-export interface ImportReport {
-  imported: Array<{ line: number; handle: string; token_id: string; status: TokenStatus }>;
-  skipped: Array<{ line: number; handle: string; reason: string }>;
-  refused: Array<{ line: number; handle: string; reason: string }>;
-  malformed: MalformedLine[];
-}
-
-/**
- * Imports the old Caddy bearer file. Idempotent (a token already stored is skipped by its hash),
- * never revives a revoked token, imports expired lines as expired, and counts seats like invite.
- */
-export async function importBearers(db: D1Database, config: GatewayConfig, text: string, scopes: string[], now: number): Promise<ImportReport> {
-  checkScopes(config, scopes);
-  const { entries, malformed } = parseBearersFile(text);
-  const report: ImportReport = { imported: [], skipped: [], refused: [], malformed };
-  const firstLineOf = new Map<string, number>();
-  for (const entry of entries) {
-    const earlier = firstLineOf.get(entry.token);
-    if (earlier !== undefined) {
-      report.skipped.push({ line: entry.line, handle: entry.handle, reason: `duplicate of line ${earlier}` });
-      continue;
-    }
-    firstLineOf.set(entry.token, entry.line);
-    const hash = await hashToken(entry.token);
-    const existing = await db.prepare("SELECT handle, revoked_at FROM tokens WHERE token_hash = ?1").bind(hash).first<{ handle: string; revoked_at: number | null }>();
-    if (existing) {
-      const reason = existing.revoked_at !== null ? "revoked earlier; a revoked token is never revived" : "already imported";
-      report.skipped.push({ line: entry.line, handle: entry.handle, reason });
-      continue;
-    }
-    const tokenId = generateTokenId();
-    const row = { tokenId, hash, hint: tokenHint(entry.token), handle: entry.handle, scopes, issuedAt: entry.issuedAt, expiresAt: entry.expiresAt, source: "import" };
-    const [, inserted] = await db.batch([
-      db.prepare("INSERT INTO users (handle, created_at) VALUES (?1, ?2) ON CONFLICT(handle) DO NOTHING").bind(entry.handle, now),
-      insertTokenIfSeat(db, config, row, now),
-      conditionalAuditStatement(
-        db,
-        { at: now, kind: "admin", action: "import", handle: entry.handle, tokenId, status: 201, detail: { line: entry.line, scopes, expires_at: iso(entry.expiresAt) } },
-        "EXISTS (SELECT 1 FROM tokens WHERE token_id = ?11)",
-        tokenId,
-      ),
-    ]);
-    if (inserted?.meta.changes) {
-      report.imported.push({ line: entry.line, handle: entry.handle, token_id: tokenId, status: entry.expiresAt > now ? "active" : "expired" });
-    } else {
-      report.refused.push({ line: entry.line, handle: entry.handle, reason: (await refusal(db, config, entry.handle, now)).message });
-    }
-  }
-  await auditStatement(db, {
-    at: now,
-    kind: "admin",
-    action: "import-bearers",
-    status: 200,
-    detail: { imported: report.imported.length, skipped: report.skipped.length, refused: report.refused.length, malformed: report.malformed.length },
-  }).run();
-  return report;
 }
