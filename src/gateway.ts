@@ -171,9 +171,9 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       slot.end(upstream.status);
       return new Response(upstream.body, { status: upstream.status, headers, webSocket: upstream.webSocket ?? null });
     }
-    const body = upstream.body
-      .pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally))
-      .pipeThrough(endSlotWhenDone(slot, upstream.status));
+    // Only generation endpoints are read for usage; every body is watched for its end (the release).
+    const delivered = metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)) : upstream.body;
+    const body = delivered.pipeThrough(endSlotWhenDone(slot, upstream.status));
     return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
 
