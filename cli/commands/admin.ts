@@ -92,6 +92,7 @@ interface UserView {
   expires_at: string;
   last_used_at: string | null;
   limits: { rps: number; burst: number; streams: number; daily_tokens: number };
+  tokens_today?: number;
 }
 
 const formatLimits = (limits: UserView["limits"]) => `${limits.rps} rps (burst ${limits.burst}), ${limits.streams} stream(s), ${limits.daily_tokens} tokens/day`;
@@ -103,9 +104,9 @@ export async function list(args: string[]): Promise<number> {
     console.log(JSON.stringify(users, null, 2));
     return 0;
   }
-  const table = new Table({ head: ["handle", "status", "token", "scopes", "issued", "expires", "last used", "rps/burst", "streams", "tokens/day"] });
+  const table = new Table({ head: ["handle", "status", "token", "scopes", "issued", "expires", "last used", "rps/burst", "streams", "tokens today / day"] });
   for (const user of users) {
-    table.push([user.handle, user.status, user.token_hint, user.scopes.join(","), user.issued_at, user.expires_at, user.last_used_at ?? "never", `${user.limits.rps}/${user.limits.burst}`, user.limits.streams, user.limits.daily_tokens]);
+    table.push([user.handle, user.status, user.token_hint, user.scopes.join(","), user.issued_at, user.expires_at, user.last_used_at ?? "never", `${user.limits.rps}/${user.limits.burst}`, user.limits.streams, `${user.tokens_today ?? 0} / ${user.limits.daily_tokens}`]);
   }
   console.log(users.length === 0 ? "no users yet: halo-gate invite <handle>" : table.toString());
   return 0;

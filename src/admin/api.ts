@@ -9,6 +9,7 @@ import { auditRecord, readAudit } from "../audit/audit-log";
 import { parseDuration } from "../config/duration";
 import { HANDLE_PATTERN, type GatewayConfig } from "../config/schema";
 import { errorResponse, errors, gatewayError } from "../http/errors";
+import { usageSnapshot } from "../quota/durable-object-quota";
 import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
 import { importBearers } from "./import-bearers";
@@ -60,7 +61,15 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
 
   admin.get("/usage", async (c) => c.json({ users: await collectUsage(c.env, config, now()) }));
 
-  admin.get("/users", async (c) => c.json({ users: await listUsers(c.env.DB, config, now()) }));
+  admin.get("/users", async (c) => {
+    const at = now();
+    const users = await listUsers(c.env.DB, config, at);
+    // Tokens today live in each user's quota object (ten users: ten small reads).
+    const withUsage = await Promise.all(
+      users.map(async (user) => ({ ...user, tokens_today: (await usageSnapshot(c.env.USER_QUOTA, user.handle, at, config.timezone)).tokensToday })),
+    );
+    return c.json({ users: withUsage });
+  });
 
   admin.post("/users", async (c) => {
     const input = await body(c.req.raw, inviteBody);

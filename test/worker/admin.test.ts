@@ -182,6 +182,7 @@ describe("admin API", () => {
     expect(users.map((user) => [user.handle, user.status])).toEqual([["dan", "active"], ["eve", "revoked"]]);
     expect(users[0]?.token_hint).toBe(`${(invited.json?.token as string).slice(0, 12)}…`);
     expect(users[0]?.limits.daily_tokens).toBe(5000);
+    expect((users[0] as unknown as { tokens_today: number }).tokens_today).toBe(0);
     expect(list.text).not.toContain(invited.json?.token as string);
     expect(list.text).not.toContain(await hashToken(invited.json?.token as string));
   });

@@ -41,6 +41,23 @@ describe("forwarding (SPEC §4)", () => {
     expect((await recordedWith(m))[0]?.target).toBe(expected);
   });
 
+  it("matches a route on Host when it names one, and falls back to the generic route otherwise", async () => {
+    const upstream = testConfig().routes[0]!.upstream;
+    const config = testConfig({
+      routes: [
+        { name: "v2", path: "/v2", upstream, strip_prefix: true, auth: "bearer" },
+        { name: "v2", path: "/v2", host: "studio.mesh", upstream: `${upstream}/hosted`, strip_prefix: true, auth: "bearer" },
+      ],
+    });
+    const { token } = await seedToken();
+    const hosted = marker();
+    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "Studio.Mesh", "x-test-marker": hosted }) });
+    expect((await recordedWith(hosted))[0]?.target).toBe("/hosted/x");
+    const generic = marker();
+    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "other.mesh", "x-test-marker": generic }) });
+    expect((await recordedWith(generic))[0]?.target).toBe("/x");
+  });
+
   it("does not trust a client address without the edge secret", async () => {
     const { token } = await seedToken();
     const m = marker();
