@@ -46,12 +46,12 @@ export async function forward(request: Request, options: ForwardOptions): Promis
       redirect: "manual",
       signal: controller.signal,
     });
-  } catch (error) {
+  } catch {
     if (body.exceeded()) throw errors.payloadTooLarge(options.bodyLimitBytes);
     if (controller.signal.reason instanceof UpstreamTimeout) {
       throw errors.upstreamTimeout(Math.round(options.upstreamTimeoutMs / 1000));
     }
-    if (request.signal?.aborted) throw error; // the client is gone; nobody reads this response
+    // (Also when the client has gone and aborted it: nobody reads this answer, but it is not a crash.)
     throw errors.upstreamUnavailable();
   } finally {
     // Only the wait for response headers is bounded: a started stream has no total time limit.
