@@ -2,11 +2,12 @@
  * `halo-gate <command>`: the operator's one CLI. Exit codes: 0 done, 1 refused or failed (one line
  * on stderr, no stack trace), 2 bad usage. `--state DIR` is accepted anywhere on every command.
  */
+import { createRequire } from "node:module";
 import { parse } from "./args";
 import { audit, importBearers, invite, list, revoke, rotate, update, usage } from "./commands/admin";
 import { CliError, usageError } from "./errors";
 
-const USAGE = `usage: halo-gate <command> [--state DIR] [options]
+const USAGE = `usage: halo-gate <command> [--state DIR] [options]    (halo-gate --version)
 
   serve [--bind ADDR:PORT|tailscale[:PORT]] [--admin-bind ADDR:PORT] [--allow-insecure-exposure] [--cron EXPR] [--config FILE]
   invite <handle> [--scopes v2,lemon,sd,audio] [--ttl 10d] [--rps N] [--burst N] [--streams N] [--daily-tokens N] [--authkey KEY] [--json]
@@ -66,6 +67,10 @@ function commandFirst(argv: string[]): string[] {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = commandFirst(argv);
+  if (command === "--version" || command === "-v" || command === "version") {
+    console.log(`halo-gate ${(createRequire(import.meta.url)("../package.json") as { version: string }).version}`);
+    return 0;
+  }
   if (command === undefined || command === "help" || command === "--help" || command === "-h") {
     console.log(USAGE);
     return command === undefined ? 2 : 0;

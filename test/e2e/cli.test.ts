@@ -26,6 +26,15 @@ describe("CLI without a running serve", () => {
     }
   });
 
+  it("prints its version and usage", async () => {
+    const version = await cli(["--version"]);
+    expect(version.code).toBe(0);
+    expect(version.stdout).toMatch(/^halo-gate \d+\.\d+\.\d+\n$/);
+    const help = await cli(["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("import-bearers <file>");
+  });
+
   it.each([
     [[]],
     [["frobnicate"]],
