@@ -143,12 +143,13 @@ async function main() {
           `auth/open ${ratio("core-noquota", "core-open")} (core); Node edge/workerd edge ${ratio("serve", "workerd-edge")}; serve/core ${ratio("serve", "core")}`,
       );
     }
+    console.table(rows);
+    const rss = withQuotas.rss();
+    console.log(`serve start-up to "listening": ${Math.round(withQuotas.startupMs)} ms (includes bundling the worker); RSS after the run: edge/launcher ${rss.edgeMb} MB + workerd ${rss.workerdMb} MB; ${DURATION_S} s per scenario`);
+    console.log(`rejected workerd edge: start-up to first answer ${Math.round(edge.startupMs)} ms; RSS after the run ${Math.round(rssKb(edge.process.pid!) / 1024)} MB (in addition to the same core)`);
   } finally {
     edge.process.kill("SIGKILL");
   }
-  console.table(rows);
-  const rss = withQuotas.rss();
-  console.log(`serve start-up to "listening": ${Math.round(withQuotas.startupMs)} ms (includes bundling the worker); RSS after the run: edge/launcher ${rss.edgeMb} MB + workerd ${rss.workerdMb} MB; ${DURATION_S} s per scenario`);
   await withQuotas.stop();
   await withoutQuotas.stop();
   upstream.server.closeAllConnections();
@@ -156,7 +157,7 @@ async function main() {
 }
 
 /** The rejected design: a standalone workerd edge worker that forwards to the core. */
-async function startWorkerdEdge(core: string): Promise<{ url: string; process: ChildProcess }> {
+async function startWorkerdEdge(core: string): Promise<{ url: string; process: ChildProcess; startupMs: number }> {
   const dir = mkdtempSync(join(tmpdir(), "halo-gate-edge-"));
   const port = await freePort();
   writeFileSync(
@@ -183,16 +184,17 @@ const edge :Workerd.Worker = (
   bindings = [ (name = "CORE", service = "core") ]
 );`,
   );
+  const started = performance.now();
   const workerd = spawn(join(ROOT, "node_modules/.bin/workerd"), ["serve", join(dir, "edge.capnp")], { stdio: "ignore" });
-  for (let attempt = 0; attempt < 100; attempt++) {
+  for (let attempt = 0; attempt < 400; attempt++) {
     try {
       await fetch(`http://127.0.0.1:${port}/healthz`);
       break;
     } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await new Promise((resolve) => setTimeout(resolve, 10));
     }
   }
-  return { url: `http://127.0.0.1:${port}`, process: workerd };
+  return { url: `http://127.0.0.1:${port}`, process: workerd, startupMs: performance.now() - started };
 }
 
 await main();
