@@ -130,7 +130,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const metered = route.metered && request.method === "POST" && METERED_ENDPOINTS.test(c.var.canonicalPath);
     const admitRequest = { handle: token.handle, limits, timezone: config.timezone, now: now(), leaseMs: config.quota_lease_ms, metered };
     const admission = await quota.admit(admitRequest).catch((error: unknown) => {
-      console.error(`halo-gate: quota service failed for ${token.handle}: ${error instanceof Error ? error.message : String(error)}`);
+      console.error(`halo-gate: quota service failed for ${identity.handle}: ${error instanceof Error ? error.message : String(error)}`);
       throw errors.quotaUnavailable();
     });
     if (!admission.admitted) {
