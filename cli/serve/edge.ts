@@ -10,7 +10,9 @@
  */
 import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
+import { ALLOW_HEADER, ALLOWED_METHODS } from "../../src/http/methods";
 import { normalizePath, splitRequestTarget } from "../../src/http/path";
+import { canonicalName, HOP_BY_HOP } from "../../src/proxy/headers";
 
 export interface EdgeOptions {
   host: string;
@@ -29,9 +31,6 @@ export interface Edge {
   close(graceMs: number): Promise<void>;
 }
 
-const ALLOWED_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"]);
-const canonical = (name: string) => name.toLowerCase().replace(/_/g, "-");
 /** Headers that steer the core's trust; a client may never send them. */
 const isInternal = (name: string) => name.startsWith("x-halo-") || name.startsWith("mf-") || name.startsWith("cf-");
 
@@ -57,10 +56,10 @@ function screen(method: string | undefined, target: string | undefined): { statu
 
 /** Client headers minus hop-by-hop, those named in Connection and internal ones; plus the edge's own. */
 function forwardedHeaders(request: IncomingMessage, secret: string, keepUpgrade: boolean): Record<string, string | string[]> {
-  const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonical(token.trim())).filter(Boolean));
+  const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())).filter(Boolean));
   const headers: Record<string, string[]> = {};
   for (let index = 0; index < request.rawHeaders.length; index += 2) {
-    const name = canonical(request.rawHeaders[index]!);
+    const name = canonicalName(request.rawHeaders[index]!);
     const value = request.rawHeaders[index + 1]!;
     if (isInternal(name)) continue;
     if ((HOP_BY_HOP.has(name) || named.has(name)) && !(keepUpgrade && (name === "upgrade" || name === "connection"))) continue;
@@ -96,7 +95,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   function handle(request: IncomingMessage, response: ServerResponse) {
     const refusal = screen(request.method, request.url);
     if (refusal) {
-      response.writeHead(refusal.status, { "content-type": "application/json", ...(refusal.status === 405 ? { allow: [...ALLOWED_METHODS].join(", ") } : {}) });
+      response.writeHead(refusal.status, { "content-type": "application/json", ...(refusal.status === 405 ? { allow: ALLOW_HEADER } : {}) });
       response.end(jsonError(refusal.status, refusal.code, refusal.message));
       request.resume();
       return;
@@ -144,7 +143,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   }
 
   server.on("connect", (_request, socket: Socket) => {
-    socket.end(rawResponse(405, "Method Not Allowed", jsonError(405, "method_not_allowed", "CONNECT is not supported by halo-gate."), "allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"));
+    socket.end(rawResponse(405, "Method Not Allowed", jsonError(405, "method_not_allowed", "CONNECT is not supported by halo-gate."), `allow: ${ALLOW_HEADER}\r\n`));
   });
   server.on("clientError", (_error, socket: Socket) => {
     if (socket.writable) socket.end(rawResponse(400, "Bad Request", jsonError(400, "bad_request", "Malformed HTTP request.")));

@@ -5,6 +5,7 @@
  */
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { ALLOW_HEADER } from "./methods";
 
 export const REALM = 'Bearer realm="halo-gate"';
 
@@ -71,7 +72,7 @@ export const errors = {
     gatewayError(
       405,
       { message: `Method ${method} is not supported by halo-gate.`, type: "invalid_request_error", code: "method_not_allowed" },
-      { allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" },
+      { allow: ALLOW_HEADER },
     ),
   notFound: () =>
     gatewayError(404, {

@@ -4,6 +4,7 @@
  */
 import { createMiddleware } from "hono/factory";
 import { errors } from "./errors";
+import { ALLOWED_METHODS } from "./methods";
 import { normalizePath, splitRequestTarget } from "./path";
 
 export type GuardVariables = {
@@ -13,7 +14,6 @@ export type GuardVariables = {
   rawQuery: string;
 };
 
-const ALLOWED_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 // eslint-disable-next-line no-control-regex
 const UNSAFE_HEADER_VALUE = /[\u0000\r\n]/;
 

@@ -3,7 +3,7 @@
  * removed *before* the gateway adds its own identity headers, so naming a header in `Connection`
  * (CVE-2024-45410) or spelling it with `_` or another case (CVE-2025-64484) cannot remove or forge them.
  */
-const HOP_BY_HOP = new Set([
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "proxy-authenticate",
@@ -29,7 +29,7 @@ const CLIENT_CLAIMS = new Set([
 ]);
 
 /** Lower-case with `_` read as `-`, the way CGI-style upstreams fold header names. */
-const canonicalName = (name: string) => name.toLowerCase().replace(/_/g, "-");
+export const canonicalName = (name: string) => name.toLowerCase().replace(/_/g, "-");
 
 const isGatewayOwned = (name: string) =>
   name.startsWith("x-halo-") || name.startsWith("cf-") || name.startsWith("mf-") || CLIENT_CLAIMS.has(name);
