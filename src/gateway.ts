@@ -19,7 +19,7 @@ import { requestGuard, type GuardVariables } from "./http/request-guard";
 import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText } from "./proxy/forward";
 import { matchRoute } from "./proxy/routes";
-import { DurableObjectQuota } from "./quota/durable-object-quota";
+import { DurableObjectQuota, userQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
 import { effectiveLimits } from "./quota/limits";
 import { unlimitedQuota, type QuotaService } from "./quota/quota";
@@ -40,7 +40,7 @@ const ticketRequest = z.strictObject({ scope: z.string().max(32).optional() });
 
 /** Single use of tickets, recorded in the ticket owner's UserQuota Durable Object. */
 const ticketUses = (env: Env): TicketUse => ({
-  consume: (handle, jti, expiresAt) => env.USER_QUOTA.get(env.USER_QUOTA.idFromName(handle)).consumeTicket(jti, expiresAt),
+  consume: (handle, jti, expiresAt) => userQuota(env.USER_QUOTA, handle).consumeTicket(jti, expiresAt),
 });
 
 /** Failures that probe the token store; a valid token on the wrong route is not one. */

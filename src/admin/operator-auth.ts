@@ -7,6 +7,7 @@ import { createMiddleware } from "hono/factory";
 import { parseBearer } from "../auth/bearer";
 import { hashToken } from "../auth/token";
 import { gatewayError, REALM } from "../http/errors";
+import { timingSafeEqual } from "../http/timing-safe";
 
 /**
  * @example
@@ -20,7 +21,7 @@ export function operatorAuth(options: { tokenSha256: (env: Env) => string | unde
     }
     const credential = parseBearer(c.req.header("authorization"));
     const presented = credential.kind === "token" ? await hashToken(credential.token) : "";
-    if (!timingSafeEqualHex(presented, expected)) {
+    if (!timingSafeEqual(presented, expected)) {
       throw gatewayError(
         401,
         { message: "Missing or wrong operator token (see operator-token in the state dir).", type: "invalid_request_error", code: "invalid_operator_token" },
@@ -29,10 +30,4 @@ export function operatorAuth(options: { tokenSha256: (env: Env) => string | unde
     }
     await next();
   });
-}
-
-function timingSafeEqualHex(a: string, b: string): boolean {
-  let difference = a.length ^ b.length;
-  for (let index = 0; index < b.length; index++) difference |= (a.charCodeAt(index) || 0) ^ b.charCodeAt(index);
-  return difference === 0;
 }

@@ -6,6 +6,7 @@
  * is the source (config `client_address_source`).
  */
 import type { GatewayConfig } from "../config/schema";
+import { timingSafeEqual } from "./timing-safe";
 
 export const EDGE_SECRET_HEADER = "x-halo-edge-secret";
 export const EDGE_CLIENT_HEADER = "x-halo-client-addr";
@@ -16,13 +17,6 @@ export function clientAddress(request: Request, config: GatewayConfig, edgeSecre
     return request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT;
   }
   const presented = request.headers.get(EDGE_SECRET_HEADER);
-  if (!edgeSecret || presented === null || !constantTimeEqual(presented, edgeSecret)) return UNKNOWN_CLIENT;
+  if (!edgeSecret || presented === null || !timingSafeEqual(presented, edgeSecret)) return UNKNOWN_CLIENT;
   return request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT;
-}
-
-function constantTimeEqual(a: string, b: string): boolean {
-  if (a.length !== b.length) return false;
-  let difference = 0;
-  for (let index = 0; index < a.length; index++) difference |= a.charCodeAt(index) ^ b.charCodeAt(index);
-  return difference === 0;
 }

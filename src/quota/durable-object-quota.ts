@@ -2,11 +2,16 @@
 import type { AdmitRequest, Admission, QuotaService, RequestOutcome } from "./quota";
 import type { UserQuota, UsageSnapshot } from "./user-quota";
 
+/** The one UserQuota object of a handle. */
+export function userQuota(namespace: DurableObjectNamespace<UserQuota>, handle: string) {
+  return namespace.get(namespace.idFromName(handle));
+}
+
 export class DurableObjectQuota implements QuotaService {
   constructor(private readonly namespace: DurableObjectNamespace<UserQuota>) {}
 
   private stub(handle: string) {
-    return this.namespace.get(this.namespace.idFromName(handle));
+    return userQuota(this.namespace, handle);
   }
 
   admit(request: AdmitRequest): Promise<Admission> {
@@ -23,5 +28,5 @@ export class DurableObjectQuota implements QuotaService {
 }
 
 export function usageSnapshot(namespace: DurableObjectNamespace<UserQuota>, handle: string, now: number, timezone: string): Promise<UsageSnapshot> {
-  return namespace.get(namespace.idFromName(handle)).snapshot(now, timezone);
+  return userQuota(namespace, handle).snapshot(now, timezone);
 }
