@@ -122,8 +122,11 @@ export const configSchema = z
     default_ttl_ms: parseDuration(config.default_ttl) as number,
     upstream_timeout_ms: parseDuration(config.upstream_timeout) as number,
     quota_lease_ms: parseDuration(config.quota_lease) as number,
-    limits: { ...config.limits, burst: config.limits.burst ?? Math.max(1, Math.ceil(config.limits.rps)) },
+    limits: { ...config.limits, burst: config.limits.burst ?? defaultBurst(config.limits.rps) },
   }));
+
+/** SPEC §6: the burst defaults to the rate (at least one request). */
+export const defaultBurst = (rps: number) => Math.max(1, Math.ceil(rps));
 
 export type GatewayConfig = z.output<typeof configSchema>;
 export type RouteConfig = GatewayConfig["routes"][number];

@@ -67,6 +67,13 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   });
 }
 
+/** The declared Content-Length (null when chunked); 413 at once when it is over the limit. */
+function declaredLength(request: Request, limit: number): string | null {
+  const declared = request.headers.get("content-length");
+  if (declared !== null && Number(declared) > limit) throw errors.payloadTooLarge(limit);
+  return declared;
+}
+
 interface LimitedBody {
   stream: ReadableStream<Uint8Array> | null;
   /** True once an undeclared (chunked) body grew past the limit and was cut off. */
@@ -80,8 +87,7 @@ interface LimitedBody {
  * the upstream would receive a truncated body as if it were complete.
  */
 function limitedBody(request: Request, limit: number, upstream: AbortController): LimitedBody {
-  const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > limit) throw errors.payloadTooLarge(limit);
+  const declared = declaredLength(request, limit);
   // A declared length is enforced by the runtime itself: the body cannot outgrow it.
   if (!request.body || declared !== null) return { stream: request.body, exceeded: () => false };
   let seen = 0;
@@ -106,8 +112,7 @@ function limitedBody(request: Request, limit: number, upstream: AbortController)
 
 /** The whole body as text, refused with 413 past the limit (declared or streamed). */
 export async function readBodyText(request: Request, limit: number): Promise<string> {
-  const declared = request.headers.get("content-length");
-  if (declared !== null && Number(declared) > limit) throw errors.payloadTooLarge(limit);
+  declaredLength(request, limit);
   if (!request.body) return "";
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];

@@ -1,5 +1,5 @@
 /** Per-user limits: the user's own overrides (from invite/update) over the configured defaults. */
-import type { GatewayConfig, UserLimits } from "../config/schema";
+import { defaultBurst, type GatewayConfig, type UserLimits } from "../config/schema";
 
 /** Per-user limits; absent (or NULL in D1) means "the configured default". */
 export interface LimitOverrides {
@@ -14,7 +14,7 @@ export function effectiveLimits(config: GatewayConfig, overrides: LimitOverrides
   return {
     rps,
     // A user given their own rate without a burst gets burst = rps (SPEC §6), not the default burst.
-    burst: overrides.burst ?? (overrides.rps != null ? Math.max(1, Math.ceil(rps)) : config.limits.burst),
+    burst: overrides.burst ?? (overrides.rps != null ? defaultBurst(rps) : config.limits.burst),
     streams: overrides.streams ?? config.limits.streams,
     daily_tokens: overrides.daily_tokens ?? config.limits.daily_tokens,
   };
