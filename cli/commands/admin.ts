@@ -7,19 +7,12 @@ import { CliError, usageError } from "../errors";
 import { expireUserAccess, headscaleAvailable, mintPreAuthKey } from "../headscale";
 import { loadWorkerConfig } from "../serve/worker-config";
 import { readRuntimeInfo } from "../state";
+import type { ImportReport, IssuedToken, ListedUser, UserUsage, UserView } from "../../src/admin/wire";
 
-interface Issued {
-  handle: string;
-  token: string;
-  token_id: string;
-  scopes: string[];
-  issued_at: string;
-  expires_at: string;
-}
 
 export async function invite(args: string[]): Promise<number> {
   const { values, positionals, stateDir } = parse(args, { scopes: { type: "string" }, ttl: { type: "string" }, authkey: { type: "string" }, json: { type: "boolean" }, ...LIMITS }, 1);
-  const issued = await adminRequest<Issued>(stateDir, "POST", "/admin/users", withoutUndefined({ handle: positionals[0], scopes: scopeList(values.scopes), ttl: values.ttl, ...limitValues(values) }));
+  const issued = await adminRequest<IssuedToken>(stateDir, "POST", "/admin/users", withoutUndefined({ handle: positionals[0], scopes: scopeList(values.scopes), ttl: values.ttl, ...limitValues(values) }));
   if (values.json) {
     console.log(JSON.stringify(issued));
     return 0;
@@ -68,7 +61,7 @@ export async function revoke(args: string[]): Promise<number> {
 
 export async function rotate(args: string[]): Promise<number> {
   const { values, positionals, stateDir } = parse(args, { json: { type: "boolean" } }, 1);
-  const issued = await adminRequest<Issued>(stateDir, "POST", `/admin/users/${encodeURIComponent(positionals[0]!)}/rotate`);
+  const issued = await adminRequest<IssuedToken>(stateDir, "POST", `/admin/users/${encodeURIComponent(positionals[0]!)}/rotate`);
   if (values.json) console.log(JSON.stringify(issued));
   else console.log(`New token for ${issued.handle} (shown once): ${issued.token}\nScopes: ${issued.scopes.join(", ")}    Expires: ${issued.expires_at}\nThe old token is revoked.`);
   return 0;
@@ -83,41 +76,24 @@ export async function update(args: string[]): Promise<number> {
   return 0;
 }
 
-interface UserView {
-  handle: string;
-  status: string;
-  token_hint: string;
-  scopes: string[];
-  issued_at: string;
-  expires_at: string;
-  last_used_at: string | null;
-  limits: { rps: number; burst: number; streams: number; daily_tokens: number };
-  tokens_today?: number;
-}
 
 const formatLimits = (limits: UserView["limits"]) => `${limits.rps} rps (burst ${limits.burst}), ${limits.streams} stream(s), ${limits.daily_tokens} tokens/day`;
 
 export async function list(args: string[]): Promise<number> {
   const { values, stateDir } = parse(args, { json: { type: "boolean" } }, 0);
-  const { users } = await adminRequest<{ users: UserView[] }>(stateDir, "GET", "/admin/users");
+  const { users } = await adminRequest<{ users: ListedUser[] }>(stateDir, "GET", "/admin/users");
   if (values.json) {
     console.log(JSON.stringify(users, null, 2));
     return 0;
   }
   const table = new Table({ head: ["handle", "status", "token", "scopes", "issued", "expires", "last used", "rps/burst", "streams", "tokens today / day"] });
   for (const user of users) {
-    table.push([user.handle, user.status, user.token_hint, user.scopes.join(","), user.issued_at, user.expires_at, user.last_used_at ?? "never", `${user.limits.rps}/${user.limits.burst}`, user.limits.streams, `${user.tokens_today ?? 0} / ${user.limits.daily_tokens}`]);
+    table.push([user.handle, user.status, user.token_hint, user.scopes.join(","), user.issued_at, user.expires_at, user.last_used_at ?? "never", `${user.limits.rps}/${user.limits.burst}`, user.limits.streams, `${user.tokens_today} / ${user.limits.daily_tokens}`]);
   }
   console.log(users.length === 0 ? "no users yet: halo-gate invite <handle>" : table.toString());
   return 0;
 }
 
-interface ImportReport {
-  imported: Array<{ line: number; handle: string; status: string }>;
-  skipped: Array<{ line: number; handle: string; reason: string }>;
-  refused: Array<{ line: number; handle: string; reason: string }>;
-  malformed: Array<{ line: number; reason: string }>;
-}
 
 export async function importBearers(args: string[]): Promise<number> {
   const { values, positionals, stateDir } = parse(args, { scopes: { type: "string" } }, 1);
@@ -136,17 +112,6 @@ export async function importBearers(args: string[]): Promise<number> {
   return report.refused.length + report.malformed.length > 0 ? 1 : 0;
 }
 
-interface UserUsage {
-  handle: string;
-  status: string;
-  requests: Record<string, number>;
-  refused: Record<string, number>;
-  tokens_today: number;
-  daily_tokens: number;
-  in_flight: number;
-  streams: number;
-  upstream_latency: { count: number; sum_seconds: number };
-}
 
 export async function usage(args: string[]): Promise<number> {
   const { values, stateDir } = parse(args, { json: { type: "boolean" } }, 0);

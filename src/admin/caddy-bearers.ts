@@ -5,6 +5,7 @@
  */
 import { HANDLE_PATTERN } from "../config/schema";
 import { TOKEN_PATTERN } from "../auth/token";
+import type { MalformedLine } from "./wire";
 
 export interface BearerLine {
   line: number;
@@ -14,10 +15,6 @@ export interface BearerLine {
   expiresAt: number;
 }
 
-export interface MalformedLine {
-  line: number;
-  reason: string;
-}
 
 const ISO_UTC_OR_OFFSET = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})$/;
 

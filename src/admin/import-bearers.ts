@@ -6,15 +6,9 @@
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
 import { generateTokenId, hashToken, tokenHint } from "../auth/token";
 import type { GatewayConfig } from "../config/schema";
-import { parseBearersFile, type MalformedLine } from "./caddy-bearers";
-import { checkScopes, insertTokenIfSeat, iso, refusal, type TokenStatus } from "./users";
-
-export interface ImportReport {
-  imported: Array<{ line: number; handle: string; token_id: string; status: TokenStatus }>;
-  skipped: Array<{ line: number; handle: string; reason: string }>;
-  refused: Array<{ line: number; handle: string; reason: string }>;
-  malformed: MalformedLine[];
-}
+import { parseBearersFile } from "./caddy-bearers";
+import { checkScopes, insertTokenIfSeat, iso, refusal } from "./users";
+import type { ImportReport } from "./wire";
 
 export async function importBearers(db: D1Database, config: GatewayConfig, text: string, scopes: string[], now: number): Promise<ImportReport> {
   checkScopes(config, scopes);

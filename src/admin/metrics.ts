@@ -4,22 +4,9 @@
  */
 import type { GatewayConfig } from "../config/schema";
 import { usageSnapshot } from "../quota/durable-object-quota";
-import { LATENCY_BUCKETS, type UserMetrics } from "../quota/user-quota";
-import { listUsers, type UserView } from "./users";
-
-export interface UserUsage {
-  handle: string;
-  status: UserView["status"];
-  requests: UserMetrics["status"];
-  refused: UserMetrics["refused"];
-  tokens_today: number;
-  daily_tokens: number;
-  tokens_remaining: number;
-  in_flight: number;
-  streams: number;
-  upstream_latency: { count: number; sum_seconds: number; buckets: Array<{ le: string; count: number }> };
-  day: string;
-}
+import { LATENCY_BUCKETS } from "../quota/user-quota";
+import { listUsers } from "./users";
+import type { UserUsage } from "./wire";
 
 export async function collectUsage(env: Env, config: GatewayConfig, now: number): Promise<UserUsage[]> {
   const users = await listUsers(env.DB, config, now);

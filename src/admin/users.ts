@@ -1,40 +1,16 @@
 /**
- * User and token administration on D1: invite, revoke, rotate, update, list, import.
+ * User and token administration on D1: invite, revoke, rotate, update, list (import: import-bearers.ts).
  *
  * Race safety comes from SQLite itself: the seat cap and "one active token per user" are checked
  * inside the single INSERT that creates the token, and every change is written in one batch (one
  * transaction) with its audit row, so the audit row exists before the command returns.
  */
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../auth/token";
-import type { GatewayConfig, UserLimits } from "../config/schema";
+import type { GatewayConfig } from "../config/schema";
 import { effectiveLimits, type LimitOverrides } from "../quota/limits";
+import type { IssuedToken, TokenStatus, UserView } from "./wire";
 import { gatewayError } from "../http/errors";
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
-
-export type TokenStatus = "active" | "expired" | "revoked";
-
-export interface IssuedToken {
-  handle: string;
-  /** The plaintext: returned once, to the operator, and never stored. */
-  token: string;
-  token_id: string;
-  scopes: string[];
-  issued_at: string;
-  expires_at: string;
-}
-
-export interface UserView {
-  handle: string;
-  status: TokenStatus;
-  token_id: string;
-  token_hint: string;
-  scopes: string[];
-  issued_at: string;
-  expires_at: string;
-  revoked_at: string | null;
-  last_used_at: string | null;
-  limits: UserLimits;
-}
 
 export const iso = (time: number) => new Date(time).toISOString();
 const isoOrNull = (time: number | null) => (time === null ? null : iso(time));

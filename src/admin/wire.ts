@@ -1,0 +1,60 @@
+/**
+ * The admin API's response shapes: one definition for the worker that sends them and the CLI that
+ * reads them. Types only, and free of Workers types, so the Node side can import it too.
+ */
+import type { UserLimits } from "../config/schema";
+
+export type TokenStatus = "active" | "expired" | "revoked";
+
+export interface IssuedToken {
+  handle: string;
+  /** The plaintext: returned once, to the operator, and never stored. */
+  token: string;
+  token_id: string;
+  scopes: string[];
+  issued_at: string;
+  expires_at: string;
+}
+
+export interface UserView {
+  handle: string;
+  status: TokenStatus;
+  token_id: string;
+  token_hint: string;
+  scopes: string[];
+  issued_at: string;
+  expires_at: string;
+  revoked_at: string | null;
+  last_used_at: string | null;
+  limits: UserLimits;
+}
+
+/** `GET /admin/users`: each user with the tokens charged today (from its quota object). */
+export type ListedUser = UserView & { tokens_today: number };
+
+export interface MalformedLine {
+  line: number;
+  reason: string;
+}
+
+export interface ImportReport {
+  imported: Array<{ line: number; handle: string; token_id: string; status: TokenStatus }>;
+  skipped: Array<{ line: number; handle: string; reason: string }>;
+  refused: Array<{ line: number; handle: string; reason: string }>;
+  malformed: MalformedLine[];
+}
+
+/** `GET /admin/usage`: one user's metrics. */
+export interface UserUsage {
+  handle: string;
+  status: TokenStatus;
+  requests: { "2xx": number; "3xx": number; "4xx": number; "5xx": number; aborted: number };
+  refused: { rate: number; concurrency: number; daily: number };
+  tokens_today: number;
+  daily_tokens: number;
+  tokens_remaining: number;
+  in_flight: number;
+  streams: number;
+  upstream_latency: { count: number; sum_seconds: number; buckets: Array<{ le: string; count: number }> };
+  day: string;
+}
