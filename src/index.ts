@@ -61,7 +61,6 @@ export default {
   },
 
   async scheduled(controller, env, ctx) {
-    const config = parseConfig(env.HALO_CONFIG);
-    ctx.waitUntil(sweepExpiredTokens(env.DB, config, controller.scheduledTime));
+    ctx.waitUntil(sweepExpiredTokens(env.DB, configFor(env), controller.scheduledTime));
   },
 } satisfies ExportedHandler<Env>;
