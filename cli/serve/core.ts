@@ -37,9 +37,9 @@ export async function startCore(options: CoreOptions): Promise<Core> {
     compatibilityDate: options.worker.compatibilityDate,
     compatibilityFlags: options.worker.compatibilityFlags,
     bindings: { HALO_CONFIG: options.worker.rawHaloConfig as Record<string, unknown>, ...options.bindings },
-    d1Databases: { DB: "halo-gate" },
+    d1Databases: options.worker.d1Databases,
     d1Persist: join(persist, "d1"),
-    durableObjects: { USER_QUOTA: "UserQuota", AUTH_THROTTLE: "AuthThrottle" },
+    durableObjects: options.worker.durableObjects,
     durableObjectsPersist: join(persist, "do"),
     unsafeDirectSockets: [
       { host: "127.0.0.1", port: 0 },

@@ -17,6 +17,9 @@ export interface WorkerConfig {
   compatibilityDate: string;
   compatibilityFlags: string[];
   crons: string[];
+  /** Binding → D1 database name, and binding → Durable Object class, as wrangler.toml declares them. */
+  d1Databases: Record<string, string>;
+  durableObjects: Record<string, string>;
   rawHaloConfig: unknown;
   config: GatewayConfig;
 }
@@ -38,12 +41,16 @@ export function loadWorkerConfig(path = resolve(PROJECT_ROOT, "wrangler.toml")):
     throw error;
   }
   const triggers = (toml.triggers ?? {}) as { crons?: string[] };
+  const d1 = (toml.d1_databases ?? []) as Array<{ binding: string; database_name: string }>;
+  const objects = ((toml.durable_objects ?? {}) as { bindings?: Array<{ name: string; class_name: string }> }).bindings ?? [];
   return {
     path,
     main: resolve(dirname(path), String(toml.main ?? "src/index.ts")),
     compatibilityDate: String(toml.compatibility_date),
     compatibilityFlags: (toml.compatibility_flags as string[] | undefined) ?? [],
     crons: triggers.crons ?? [],
+    d1Databases: Object.fromEntries(d1.map((database) => [database.binding, database.database_name])),
+    durableObjects: Object.fromEntries(objects.map((object) => [object.name, object.class_name])),
     rawHaloConfig,
     config,
   };
