@@ -13,26 +13,19 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { parse, stringify } from "smol-toml";
+import { freeLoopbackPort } from "../test/support/ports";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values } = parseArgs({ options: { duration: { type: "string", default: "4" }, connections: { type: "string", default: "1,16" } } });
 const DURATION_S = Math.min(30, Number(values.duration));
 const CONNECTIONS = values.connections.split(",").map(Number);
 
-async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function startUpstream(): Promise<{ server: Server; port: number }> {
   const server = createServer((request, response) => {
@@ -159,7 +152,7 @@ async function main() {
 /** The rejected design: a standalone workerd edge worker that forwards to the core. */
 async function startWorkerdEdge(core: string): Promise<{ url: string; process: ChildProcess; startupMs: number }> {
   const dir = mkdtempSync(join(tmpdir(), "halo-gate-edge-"));
-  const port = await freePort();
+  const port = await freeLoopbackPort();
   writeFileSync(
     join(dir, "edge.js"),
     `export default { async fetch(request, env) {
