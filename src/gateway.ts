@@ -12,7 +12,7 @@ import { recordAuthFailure, throttledResponse } from "./auth/failed-auth-throttl
 import { authenticateTicket, issueTicket, takeTicket, type TicketUse } from "./auth/ticket";
 import { D1TokenStore, type TokenRecord } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig } from "./config/schema";
-import { clientAddress, UNKNOWN_CLIENT } from "./http/client-address";
+import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
@@ -24,8 +24,10 @@ import { quotaExceeded, quotaHeaders } from "./quota/headers";
 import { effectiveLimits } from "./quota/limits";
 import { unlimitedQuota, type QuotaService } from "./quota/quota";
 import { endSlotWhenDone, holdSlot } from "./quota/slot";
+import { isStorageFailure } from "./storage/failure";
+import { storageWritable } from "./storage/health";
 
-export type GatewayEnv = { Bindings: Env; Variables: GuardVariables };
+export type GatewayEnv = { Bindings: Env; Variables: GuardVariables & PeerVariables };
 
 export interface GatewayOptions {
   /** The clock; tests pin it to check expiry and the quota day at their exact boundaries. */
@@ -52,9 +54,14 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   const auditFlushMs = options.auditFlushMs ?? AUTH_AUDIT_FLUSH_MS;
   const app = new Hono<GatewayEnv>();
 
+  // First, before anything else runs: under serve, only what came through the edge is answered.
+  app.use(edgeGuard(config));
   app.use(requestGuard());
-  app.get("/healthz", (c) => c.json({ status: "ok" }));
-  app.get("/api/info", (c) => c.json(publicInfo(config)));
+  app.get("/healthz", async (c) => {
+    if (await storageWritable(c.env.DB, (promise) => c.executionCtx.waitUntil(promise))) return c.json({ status: "ok" }, 200, NO_STORE);
+    return c.json({ status: "unhealthy", reason: "storage" }, 503, { ...NO_STORE, "retry-after": "5" });
+  });
+  app.get("/api/info", (c) => c.json(publicInfo(config, c.var.peer)));
 
   app.get("/_halo/connect", (c) => c.html(CONNECT_HTML, 200, PAGE_HEADERS));
   app.get("/_halo/connect.js", (c) => c.body(CONNECT_JS, 200, { ...PAGE_HEADERS, "content-type": "text/javascript; charset=utf-8" }));
@@ -75,12 +82,12 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
         ticket === null
           ? await authenticate(c.req.header("authorization") ?? null, scope, store, now())
           : await authenticateTicket(ticket, scope, c.env.TICKET_SECRET, store, ticketUses(c.env), now());
-      c.executionCtx.waitUntil(store.touch(token.tokenId, now()));
+      c.executionCtx.waitUntil(store.touch(token.tokenId, now()).catch(logStorageFailure("last_used_at")));
       return token;
     } catch (error) {
       if (!(error instanceof AuthDenied)) throw error;
       recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: routeName, status: error.response.status, client }, auditFlushMs);
-      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()));
+      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()).catch(logStorageFailure("failed-auth throttle")));
       throw error;
     }
   }
@@ -94,7 +101,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       throw errors.badRequest(`Send {"scope": …} naming a WebSocket route's scope: ${ticketScopes.join(", ") || "none configured"}.`, "invalid_scope");
     }
     if (!c.env.TICKET_SECRET) throw errors.ticketsDisabled();
-    const client = clientAddress(c.req.raw, config, c.env.EDGE_SECRET);
+    const client = c.var.peer.address;
     const token = await authenticateRequest(c, "auth/ticket", scope, client, null);
     recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client }, auditFlushMs);
     return c.json(await issueTicket(c.env.TICKET_SECRET, token, scope, now()), 201, { "cache-control": "no-store" });
@@ -104,7 +111,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const request = c.req.raw;
     const route = matchRoute(config.routes, c.var.canonicalPath, c.req.header("host") ?? null);
     if (!route) throw errors.notFound();
-    const client = clientAddress(request, config, c.env.EDGE_SECRET);
+    const client = c.var.peer.address;
     // Browsers cannot set Authorization on a WebSocket: those routes also take `?ticket=`, never forwarded.
     const takesTicket = route.auth === "bearer_or_ticket" && c.req.header("authorization") === undefined;
     const { ticket, rest: rawQuery } = takesTicket ? takeTicket(c.var.rawQuery) : { ticket: null, rest: c.var.rawQuery };
@@ -130,6 +137,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const metered = route.metered && request.method === "POST" && METERED_ENDPOINTS.test(c.var.canonicalPath);
     const admitRequest = { handle: token.handle, limits, timezone: config.timezone, now: now(), leaseMs: config.quota_lease_ms, metered };
     const admission = await quota.admit(admitRequest).catch((error: unknown) => {
+      if (isStorageFailure(error)) throw error; // it can answer, but not write: onError says so
       console.error(`halo-gate: quota service failed for ${identity.handle}: ${error instanceof Error ? error.message : String(error)}`);
       throw errors.quotaUnavailable();
     });
@@ -180,6 +188,11 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.onError((error) => {
     if (error instanceof AuthDenied) return error.response;
     if (error instanceof HTTPException) return error.getResponse();
+    // D1 or Durable Object storage cannot be used (e.g. a full disk): retryable, and the operator's to fix.
+    if (isStorageFailure(error)) {
+      console.error("halo-gate: storage unavailable:", error.message);
+      return errors.storageUnavailable().getResponse();
+    }
     // Never a stack trace or internal detail to the client; the operator sees it in the log.
     console.error("halo-gate: unexpected error:", error instanceof Error ? error.message : String(error));
     return errorResponse(500, { message: "Internal gateway error.", type: "server_error", code: "internal_error" });
@@ -187,11 +200,21 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   return app;
 }
 
+const NO_STORE = { "cache-control": "no-store" };
+
+/** A write made off the request path failed: logged, and never the request's failure. */
+const logStorageFailure = (what: string) => (error: unknown) => {
+  console.error(`halo-gate: could not write ${what}: ${error instanceof Error ? error.message : String(error)}`);
+};
+
 /** What `/api/info` tells anyone on the mesh: no upstream addresses, no secrets. */
-function publicInfo(config: GatewayConfig) {
+function publicInfo(config: GatewayConfig, peer: Peer) {
   return {
     name: "halo-gate",
     version: packageJson.version,
+    ...(config.public_url ? { public_url: config.public_url } : {}),
+    // The certificate this request came in over, so a client can pin what it sees (serve --tls).
+    ...(peer.tlsFingerprint ? { tls: { fingerprint: peer.tlsFingerprint } } : {}),
     auth: { scheme: "bearer", token_format: "sk-halo-<32 hex>", websocket_ticket: "POST /auth/ticket", connect_page: "/_halo/connect" },
     routes: config.routes.map((route: RouteConfig) => ({
       path: route.match === "prefix" ? `${route.path}/*` : route.path,

@@ -76,6 +76,30 @@ export const DEFAULT_ROUTES: z.input<typeof routeSchema>[] = [
   { name: "studio", path: "/studio", upstream: "http://127.0.0.1:5173", strip_prefix: false, auth: "none" },
 ];
 
+/**
+ * Where users reach the gateway (e.g. `https://box.tail1234.ts.net:8443`): an origin, with at most a
+ * "/" after it. Paths are the routes' business, and credentials or a query in it would be handed out.
+ */
+const publicUrl = z.string().superRefine((text, ctx) => {
+  const problem = publicUrlProblem(text);
+  if (problem) ctx.addIssue({ code: "custom", message: `public_url ${problem}` });
+});
+
+function publicUrlProblem(text: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return "must be an absolute http(s) URL such as https://box.example.ts.net";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return "must be an http or https URL";
+  if (url.username || url.password) return "must not embed credentials";
+  if (text.includes("?") || text.includes("#")) return "must not carry a query or fragment";
+  // Checked on the text as written: the URL parser would resolve "/." or "/x/.." to "/".
+  if (!/^https?:\/\/[^/?#]+\/?$/i.test(text)) return 'must have no path beyond "/"';
+  return null;
+}
+
 export const configSchema = z
   .strictObject({
     max_users: z.number().int().min(1).max(1_000).default(10),
@@ -90,7 +114,7 @@ export const configSchema = z
     body_limit_bytes: z.number().int().positive().max(1024 ** 3).default(32 * 1024 * 1024),
     client_address_source: z.enum(["edge", "cf-connecting-ip"]).default("edge"),
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
-    /** In-flight slots are leases renewed while a stream runs; a crashed request's slot frees after this. */
+    /** In-flight slots are leases renewed while a stream runs; an unreleased one frees after this (a restart frees all). */
     quota_lease: duration("quota_lease").default("30s"),
     /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
     quotas: z.boolean().default(true),
@@ -99,6 +123,8 @@ export const configSchema = z
       login_server: "https://headscale.1bit.systems",
     }),
     routes: z.array(routeSchema).min(1).prefault(DEFAULT_ROUTES),
+    /** The URL users are given; `/api/info` reports it. */
+    public_url: publicUrl.optional(),
   })
   .superRefine((config, ctx) => {
     const seen = new Map<string, number>();

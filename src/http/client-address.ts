@@ -4,19 +4,57 @@
  * `x-halo-client-addr`, proven by the per-boot `EDGE_SECRET`; a client cannot forge either, because
  * the edge strips every client-sent `x-halo-*` header. Deployed on Cloudflare, `CF-Connecting-IP`
  * is the source (config `client_address_source`).
+ *
+ * The core's own socket is on loopback, but any local process can reach it, and what reaches it
+ * directly skipped the edge's raw-target screening. So when `EDGE_SECRET` is bound and the address
+ * comes from the edge, a request without the exact secret is refused (403) before anything else
+ * runs — `/healthz` included. Without `EDGE_SECRET` (`wrangler dev`, no edge in front) nothing is
+ * refused and the client is "unknown".
  */
+import { createMiddleware } from "hono/factory";
 import type { GatewayConfig } from "../config/schema";
+import { errors } from "./errors";
 import { timingSafeEqual } from "./timing-safe";
 
 export const EDGE_SECRET_HEADER = "x-halo-edge-secret";
 export const EDGE_CLIENT_HEADER = "x-halo-client-addr";
+/** The SHA-256 fingerprint of the certificate the edge served this request with (serve --tls). */
+export const EDGE_TLS_HEADER = "x-halo-tls-fingerprint";
 export const UNKNOWN_CLIENT = "unknown";
 
-export function clientAddress(request: Request, config: GatewayConfig, edgeSecret: string | undefined): string {
+/** What the core knows of the peer that sent a request. */
+export interface Peer {
+  address: string;
+  /** Set only by the edge (proven by the secret) when it terminated TLS. */
+  tlsFingerprint: string | null;
+}
+
+export type PeerVariables = { peer: Peer };
+
+/** The request's peer, or null when it must be refused: EDGE_SECRET is bound and the request lacks it. */
+export function peerOf(request: Request, config: GatewayConfig, edgeSecret: string | undefined): Peer | null {
   if (config.client_address_source === "cf-connecting-ip") {
-    return request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT;
+    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null };
   }
+  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null };
   const presented = request.headers.get(EDGE_SECRET_HEADER);
-  if (!edgeSecret || presented === null || !timingSafeEqual(presented, edgeSecret)) return UNKNOWN_CLIENT;
-  return request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT;
+  if (presented === null || !timingSafeEqual(presented, edgeSecret)) return null;
+  return { address: request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT, tlsFingerprint: request.headers.get(EDGE_TLS_HEADER) };
+}
+
+/**
+ * The gateway's first middleware: refuses what did not come through the edge, and leaves the peer in
+ * `c.var.peer` for everything after it.
+ *
+ * @example
+ * app.use(edgeGuard(config));
+ * app.get("/x", (c) => c.text(c.var.peer.address));
+ */
+export function edgeGuard(config: GatewayConfig) {
+  return createMiddleware<{ Bindings: Env; Variables: PeerVariables }>(async (c, next) => {
+    const peer = peerOf(c.req.raw, config, c.env.EDGE_SECRET);
+    if (!peer) throw errors.edgeRequired();
+    c.set("peer", peer);
+    await next();
+  });
 }

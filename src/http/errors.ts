@@ -108,6 +108,22 @@ export const errors = {
       },
       { "retry-after": "5" },
     ),
+  storageUnavailable: () =>
+    gatewayError(
+      503,
+      {
+        message: "halo-gate cannot write its storage right now (the operator has been told in the gateway log). Retry shortly.",
+        type: "server_error",
+        code: "storage_unavailable",
+      },
+      { "retry-after": "5" },
+    ),
+  edgeRequired: () =>
+    gatewayError(403, {
+      message: "Requests must come through the gateway's listener (the address halo-gate serve prints), not its internal socket.",
+      type: "permission_error",
+      code: "edge_required",
+    }),
   ticketsDisabled: () =>
     gatewayError(503, {
       message: "WebSocket tickets are not enabled on this gateway (no TICKET_SECRET); use a bearer token.",

@@ -13,7 +13,7 @@ export interface AdmitRequest {
   timezone: string;
   /** The caller's clock (ms); tests pin it to cross a day boundary. */
   now: number;
-  /** How long an in-flight slot lives without renewal (a crash frees it after this). */
+  /** How long an in-flight slot lives without renewal (a request that ended unreleased frees it after this). */
   leaseMs: number;
   /** Whether the route is an LLM route, subject to the daily token quota. */
   metered: boolean;

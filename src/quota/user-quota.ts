@@ -1,8 +1,20 @@
 /**
  * One Durable Object per user (SQLite-backed), holding the user's quota counters and metrics.
  * A Durable Object runs one call at a time, so `admit` decides every check atomically: 32
- * concurrent requests against a bucket of N admit exactly N. State is written through to storage,
- * so an eviction or a crash loses nothing; in-flight slots are leases that expire on their own.
+ * concurrent requests against a bucket of N admit exactly N. The bucket, the day's tokens and the
+ * metrics are written through to storage, so an eviction or a crash loses none of them.
+ *
+ * In-flight slots are leases kept in memory only, never stored: a lease describes a request running
+ * through *this* process, so one from an earlier boot describes nothing. Under `serve` a crash or a
+ * `kill -9` takes workerd and every stream with it, and the next start begins with no leases (before,
+ * persisted leases locked a user out for up to `quota_lease` after a restart). What it costs:
+ * - a crash: the tokens of the streams it cut are never charged (no release ever came);
+ * - an eviction or a reset (workerd evicts an object idle for ~10 s — measured: kept after 9 s,
+ *   gone after 11 s — and resets one whose write failed): the object forgets its leases, so a user
+ *   may briefly hold one more stream than the cap, until each forgotten stream's next renewal
+ *   re-adopts its lease (renewals come at most 5 s apart, which also keeps a busy object from
+ *   being evicted for idleness). A lease whose stream ended without a release lapses after its
+ *   lease time, as before; expired leases are dropped on each call.
  */
 import { DurableObject } from "cloudflare:workers";
 import type { UserLimits } from "../config/schema";
@@ -11,6 +23,9 @@ import type { Admission, AdmitRequest, QuotaState, RequestOutcome } from "./quot
 
 /** Upper bounds (seconds) of the upstream latency histogram (time to response headers). */
 export const LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] as const;
+
+/** How long a released lease is remembered, so that a late renewal does not revive it. */
+const RELEASED_MEMORY_MS = 60_000;
 
 export interface UserMetrics {
   status: { "2xx": number; "3xx": number; "4xx": number; "5xx": number; aborted: number };
@@ -43,17 +58,19 @@ const emptyMetrics = (): UserMetrics => ({
 
 export class UserQuota extends DurableObject<Env> {
   private bucket: Bucket | null = null;
-  /** leaseId → expiry (ms, wall clock). */
-  private leases = new Map<string, number>();
+  /** leaseId → expiry (ms, wall clock). Memory only (see above). */
+  private readonly leases = new Map<string, number>();
+  /** Leases released lately (leaseId → when), so a renewal that crossed its release cannot revive it. */
+  private readonly released = new Map<string, number>();
   private day = { key: "", used: 0 };
   private metrics = emptyMetrics();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     void ctx.blockConcurrencyWhile(async () => {
-      const stored = await ctx.storage.get<unknown>(["bucket", "leases", "day", "metrics"]);
+      // A "leases" key written by an earlier version is ignored: its leases belong to a dead process.
+      const stored = await ctx.storage.get<unknown>(["bucket", "day", "metrics"]);
       this.bucket = (stored.get("bucket") as Bucket | undefined) ?? null;
-      this.leases = new Map(Object.entries((stored.get("leases") as Record<string, number> | undefined) ?? {}));
       this.day = (stored.get("day") as { key: string; used: number } | undefined) ?? this.day;
       this.metrics = { ...emptyMetrics(), ...((stored.get("metrics") as UserMetrics | undefined) ?? {}) };
     });
@@ -87,19 +104,21 @@ export class UserQuota extends DurableObject<Env> {
     this.bucket!.level = level - 1;
     const leaseId = crypto.randomUUID();
     this.leases.set(leaseId, Date.now() + request.leaseMs);
-    await this.persist("bucket", "leases", "day");
-    await this.armAlarm();
+    await this.persist("bucket", "day");
     return { admitted: true, leaseId, state: this.state(limits, now, request.timezone) };
   }
 
+  /** Extends a running stream's lease; one this object forgot (evicted, reset, lapsed) is re-adopted. */
   async renew(leaseId: string, leaseMs: number): Promise<void> {
-    if (!this.leases.has(leaseId)) return;
+    this.forgetOldReleases(Date.now());
+    if (this.released.has(leaseId)) return;
     this.leases.set(leaseId, Date.now() + leaseMs);
-    await this.persist("leases");
   }
 
   async release(leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
     this.leases.delete(leaseId);
+    this.forgetOldReleases(Date.now());
+    this.released.set(leaseId, Date.now());
     this.rollDay(now, timezone);
     // Charged also when the lease had already expired: the tokens were produced all the same.
     this.day.used += Math.max(0, Math.round(outcome.tokens));
@@ -112,7 +131,7 @@ export class UserQuota extends DurableObject<Env> {
       this.metrics.latencySumSeconds += seconds;
       this.metrics.latencyCount++;
     }
-    await this.persist("leases", "day", "metrics");
+    await this.persist("day", "metrics");
   }
 
   /** Single use of a WebSocket ticket: true the first time its id is seen (ids kept until expiry). */
@@ -130,12 +149,6 @@ export class UserQuota extends DurableObject<Env> {
     this.dropExpiredLeases(Date.now());
     this.rollDay(now, timezone);
     return { day: this.day.key, tokensToday: this.day.used, inFlight: this.leases.size, metrics: this.metrics };
-  }
-
-  override async alarm(): Promise<void> {
-    this.dropExpiredLeases(Date.now());
-    await this.persist("leases");
-    await this.armAlarm();
   }
 
   private state(limits: UserLimits, now: number, timezone: string): QuotaState {
@@ -168,17 +181,14 @@ export class UserQuota extends DurableObject<Env> {
     for (const [leaseId, expiresAt] of this.leases) if (expiresAt <= wallClock) this.leases.delete(leaseId);
   }
 
-  /** Writes through only what a call changed (each key is one row of the object's SQLite store). */
-  private async persist(...keys: Array<"bucket" | "leases" | "day" | "metrics">) {
-    const values = { bucket: this.bucket, leases: Object.fromEntries(this.leases), day: this.day, metrics: this.metrics };
-    await this.ctx.storage.put(Object.fromEntries(keys.map((key) => [key, values[key]])));
+  /** A renewal crosses its release within milliseconds; a minute is ample, and bounds the map. */
+  private forgetOldReleases(wallClock: number) {
+    for (const [leaseId, at] of this.released) if (wallClock - at > RELEASED_MEMORY_MS) this.released.delete(leaseId);
   }
 
-  /** Wake up when the earliest lease would expire, so a crashed request's slot shows as free. */
-  private async armAlarm() {
-    if (this.leases.size === 0) return;
-    const earliest = Math.min(...this.leases.values());
-    const current = await this.ctx.storage.getAlarm();
-    if (current === null || current > earliest) await this.ctx.storage.setAlarm(earliest);
+  /** Writes through only what a call changed (each key is one row of the object's SQLite store). */
+  private async persist(...keys: Array<"bucket" | "day" | "metrics">) {
+    const values = { bucket: this.bucket, day: this.day, metrics: this.metrics };
+    await this.ctx.storage.put(Object.fromEntries(keys.map((key) => [key, values[key]])));
   }
 }

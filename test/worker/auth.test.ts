@@ -1,6 +1,6 @@
 import { env, SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { bearer, gatewayClient, marker, recordedWith, seedToken } from "./helpers";
+import { bearer, gatewayClient, marker, recordedWith, seedToken, viaEdge } from "./helpers";
 
 const REALM = 'Bearer realm="halo-gate"';
 
@@ -131,10 +131,10 @@ describe("SPEC §5 authentication rows", () => {
 
 describe("the default worker entry (wrangler.toml config)", () => {
   it("serves /healthz and /api/info without secrets or upstream addresses", async () => {
-    const health = await SELF.fetch("http://gateway.test/healthz");
+    const health = await SELF.fetch("http://gateway.test/healthz", { headers: viaEdge() });
     expect(health.status).toBe(200);
     expect(await health.json()).toEqual({ status: "ok" });
-    const info = await SELF.fetch("http://gateway.test/api/info");
+    const info = await SELF.fetch("http://gateway.test/api/info", { headers: viaEdge() });
     const text = await info.text();
     expect(info.status).toBe(200);
     expect(text).not.toMatch(/127\.0\.0\.1|upstream/);
@@ -144,7 +144,7 @@ describe("the default worker entry (wrangler.toml config)", () => {
   });
 
   it("denies an unknown path with JSON 404 and a compute path without a token with 401", async () => {
-    expect((await SELF.fetch("http://gateway.test/nope")).status).toBe(404);
-    expect((await SELF.fetch("http://gateway.test/v2/v1/models")).status).toBe(401);
+    expect((await SELF.fetch("http://gateway.test/nope", { headers: viaEdge() })).status).toBe(404);
+    expect((await SELF.fetch("http://gateway.test/v2/v1/models", { headers: viaEdge() })).status).toBe(401);
   });
 });

@@ -73,4 +73,36 @@ describe("configuration (zod, validated at start)", () => {
     const problems = problemsOf(raw);
     expect(problems.some((problem) => problem.startsWith(key)), problems.join("\n")).toBe(true);
   });
+
+  it.each(["https://box.tail1234.ts.net", "https://box.tail1234.ts.net:8443/", "http://100.64.0.1:8443", "https://[fd7a:115c:a1e0::1]:8443"])(
+    "public_url %s is accepted as written",
+    (url) => {
+      expect(parseConfig({ public_url: url }).public_url).toBe(url);
+    },
+  );
+
+  it("public_url is optional", () => {
+    expect(parseConfig({}).public_url).toBeUndefined();
+  });
+
+  it.each([
+    ["box.example", "absolute"],
+    ["/v2", "absolute"],
+    ["ftp://box.example", "http or https"],
+    ["wss://box.example", "http or https"],
+    ["https://user:pass@box.example", "credentials"],
+    ["https://user@box.example", "credentials"],
+    ["https://box.example/v2", "no path"],
+    ["https://box.example/x/..", "no path"],
+    ["https://box.example/.", "no path"],
+    ["https://box.example//", "no path"],
+    ["https://box.example/?x=1", "query"],
+    ["https://box.example?", "query"],
+    ["https://box.example#top", "fragment"],
+  ])("public_url %s is refused, naming the key (%s)", (url, why) => {
+    const problems = problemsOf({ public_url: url });
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(/^HALO_CONFIG\.public_url: public_url /);
+    expect(problems[0]).toContain(why);
+  });
 });

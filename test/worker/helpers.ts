@@ -4,6 +4,7 @@ import { inject } from "vitest";
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../../src/auth/token";
 import { parseConfig, type GatewayConfig } from "../../src/config/schema";
 import { createGateway, type GatewayOptions } from "../../src/gateway";
+import { EDGE_SECRET_HEADER } from "../../src/http/client-address";
 
 export const upstreamBase = () => `http://127.0.0.1:${inject("upstreamPort")}`;
 
@@ -26,12 +27,31 @@ export function testConfig(overrides: Record<string, unknown> = {}): GatewayConf
   });
 }
 
+/**
+ * Headers as serve's edge sends them: with the per-boot secret (vitest.config.ts binds EDGE_SECRET),
+ * unless the test already put its own (right or wrong) secret there.
+ */
+export function viaEdge(headers?: HeadersInit): Headers {
+  const all = new Headers(headers);
+  if (!all.has(EDGE_SECRET_HEADER)) all.set(EDGE_SECRET_HEADER, env.EDGE_SECRET!);
+  return all;
+}
+
+export interface ClientOptions {
+  /** Send the edge secret like serve's edge does (default true). */
+  edge?: boolean;
+  /** Bindings to replace, e.g. `{ EDGE_SECRET: undefined }` for a gateway without an edge (wrangler dev). */
+  env?: Partial<Env>;
+}
+
 /** Fetch through the gateway app inside workerd; the ExecutionContext is drained after the body is read. */
-export function gatewayClient(config: GatewayConfig = testConfig(), options: GatewayOptions = {}) {
+export function gatewayClient(config: GatewayConfig = testConfig(), options: GatewayOptions = {}, client: ClientOptions = {}) {
   const app = createGateway(config, { auditFlushMs: 20, ...options });
+  const bindings = { ...env, ...client.env };
   return async (path: string, init: RequestInit = {}): Promise<Response> => {
     const ctx = createExecutionContext();
-    const response = await app.fetch(new Request(`http://gateway.test${path}`, init), env, ctx);
+    const headers = client.edge === false ? new Headers(init.headers) : viaEdge(init.headers);
+    const response = await app.fetch(new Request(`http://gateway.test${path}`, { ...init, headers }), bindings, ctx);
     const body = await response.arrayBuffer();
     await waitOnExecutionContext(ctx);
     return new Response(response.status === 101 ? null : body, response);

@@ -1,6 +1,7 @@
 /** Gateway-owned pages (`/_halo/*`): public, locked down, and never holding a secret. */
 import { SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import { viaEdge } from "./helpers";
 
 describe("/_halo/connect", () => {
   it("serves the page, its script and style with a strict CSP and no caching", async () => {
@@ -9,7 +10,7 @@ describe("/_halo/connect", () => {
       ["/_halo/connect.js", "text/javascript"],
       ["/_halo/connect.css", "text/css"],
     ] as const) {
-      const response = await SELF.fetch(`http://gateway.test${path}`);
+      const response = await SELF.fetch(`http://gateway.test${path}`, { headers: viaEdge() });
       expect(response.status, path).toBe(200);
       expect(response.headers.get("content-type")).toContain(type);
       expect(response.headers.get("content-security-policy")).toContain("default-src 'none'");
@@ -22,15 +23,15 @@ describe("/_halo/connect", () => {
   });
 
   it("keeps the token in memory: no storage API, and the page has no inline script", async () => {
-    const script = await (await SELF.fetch("http://gateway.test/_halo/connect.js")).text();
+    const script = await (await SELF.fetch("http://gateway.test/_halo/connect.js", { headers: viaEdge() })).text();
     expect(script).not.toMatch(/localStorage|sessionStorage|document\.cookie|indexedDB/);
-    const page = await (await SELF.fetch("http://gateway.test/_halo/connect")).text();
+    const page = await (await SELF.fetch("http://gateway.test/_halo/connect", { headers: viaEdge() })).text();
     expect(page).not.toMatch(/<script>(?!<)/);
     expect(page).toContain('<script src="/_halo/connect.js"></script>');
   });
 
   it("answers anything else under /_halo with 404 JSON", async () => {
-    const response = await SELF.fetch("http://gateway.test/_halo/admin");
+    const response = await SELF.fetch("http://gateway.test/_halo/admin", { headers: viaEdge() });
     expect(response.status).toBe(404);
     expect(response.headers.get("content-type")).toMatch(/^application\/json/);
   });

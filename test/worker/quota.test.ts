@@ -1,11 +1,11 @@
 /** Per-user quotas on the UserQuota Durable Object, metering, 429s, throttling, audit (SPEC §6). */
-import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
+import { abortAllDurableObjects, createExecutionContext, env, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { hashToken } from "../../src/auth/token";
 import { createGateway } from "../../src/gateway";
 import { dayKey, nextMidnight } from "../../src/quota/day";
 import { usageSnapshot } from "../../src/quota/durable-object-quota";
-import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig, upstreamBase } from "./helpers";
+import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig, upstreamBase, viaEdge } from "./helpers";
 
 const ROOMY = { rps: 1000, burst: 1000, streams: 100, daily_tokens: 1_000_000 };
 const json = (body: unknown) => ({ method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
@@ -51,7 +51,7 @@ describe("concurrent streams", () => {
     const { token } = await seedToken({ limits: { ...ROOMY, streams: 1 } });
     const app = createGateway(testConfig(), { auditFlushMs: 20 });
     const ctx = createExecutionContext();
-    const first = await app.fetch(new Request("http://gateway.test/v2/v1/sse?n=3&gap=300", { headers: bearer(token) }), env, ctx);
+    const first = await app.fetch(new Request("http://gateway.test/v2/v1/sse?n=3&gap=300", { headers: viaEdge(bearer(token)) }), env, ctx);
     expect(first.status).toBe(200);
     const call = gatewayClient();
     const second = await call("/v2/v1/models", { headers: bearer(token) });
@@ -70,7 +70,7 @@ describe("concurrent streams", () => {
     const abort = new AbortController();
     const request = new Request("http://gateway.test/v2/v1/chat/completions?n=20&gap=150&usage=never", {
       ...json({ stream: true, messages: [] }),
-      headers: { ...bearer(token), "content-type": "application/json", "x-test-marker": m },
+      headers: viaEdge({ ...bearer(token), "content-type": "application/json", "x-test-marker": m }),
       signal: abort.signal,
     });
     const response = await app.fetch(request, env, ctx);
@@ -88,6 +88,62 @@ describe("concurrent streams", () => {
     expect(usage.tokensToday).toBeGreaterThanOrEqual(3);
     expect(usage.tokensToday).toBeLessThan(20);
     expect((await gatewayClient()("/v2/v1/models", { headers: bearer(token) })).status).toBe(200);
+  });
+
+  it("leases live in memory only: never stored, no alarm, and a restarted (reset) object starts with none", async () => {
+    const { token, handle } = await seedToken({ limits: { ...ROOMY, streams: 1 } });
+    const stub = env.USER_QUOTA.get(env.USER_QUOTA.idFromName(handle));
+    const limits = { ...ROOMY, streams: 1 };
+    const held = await stub.admit({ handle, limits, timezone: "UTC", now: Date.now(), leaseMs: 30_000, metered: false });
+    expect(held.admitted).toBe(true); // and never released, as if its serve had been killed
+    await runInDurableObject(stub, async (_instance, state) => {
+      expect(await state.storage.get("leases")).toBeUndefined();
+      expect(await state.storage.getAlarm()).toBeNull();
+    });
+    const call = gatewayClient();
+    expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(429);
+    // What a restart of workerd (every serve start) does to the object: its memory is gone, its storage is not.
+    await abortAllDurableObjects();
+    expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(200);
+    expect((await snapshot(handle)).metrics.status["2xx"]).toBe(1); // the stored counters survived
+  });
+
+  it("a forgotten lease is re-adopted by its stream's next renewal, but a renewal after its release revives nothing", async () => {
+    const { handle } = await seedToken({ limits: { ...ROOMY, streams: 1 } });
+    const stub = () => env.USER_QUOTA.get(env.USER_QUOTA.idFromName(handle));
+    const request = { handle, limits: { ...ROOMY, streams: 1 }, timezone: "UTC", now: Date.now(), leaseMs: 30_000, metered: false };
+    const held = await stub().admit(request);
+    if (!held.admitted) throw new Error("expected admission");
+    await abortAllDurableObjects(); // evicted or reset while the stream runs: the lease is forgotten…
+    expect((await snapshot(handle)).inFlight).toBe(0);
+    await stub().renew(held.leaseId, 30_000); // …until the stream's next renewal
+    expect((await snapshot(handle)).inFlight).toBe(1);
+    expect((await stub().admit(request)).admitted).toBe(false);
+    await stub().release(held.leaseId, { status: 200, tokens: 0, upstreamLatencyMs: null }, Date.now(), "UTC");
+    await stub().renew(held.leaseId, 30_000); // a renewal that crossed the release
+    expect((await snapshot(handle)).inFlight).toBe(0);
+    expect((await stub().admit(request)).admitted).toBe(true);
+  });
+
+  it("a running stream keeps its lease past workerd's idle eviction (~10 s); an idle object forgets its lease", { timeout: 30_000 }, async () => {
+    const limits = { ...ROOMY, streams: 1 };
+    const streaming = await seedToken({ limits });
+    const idle = await seedToken({ limits });
+    // The idle user's lease (60 s) is never renewed: its object gets no call for 12 s.
+    const idleStub = env.USER_QUOTA.get(env.USER_QUOTA.idFromName(idle.handle));
+    expect((await idleStub.admit({ handle: idle.handle, limits, timezone: "UTC", now: Date.now(), leaseMs: 60_000, metered: false })).admitted).toBe(true);
+    const app = createGateway(testConfig({ quota_lease: "60s" }), { auditFlushMs: 20 });
+    const ctx = createExecutionContext();
+    const stream = await app.fetch(new Request("http://gateway.test/v2/v1/sse?n=14&gap=1000", { headers: viaEdge(bearer(streaming.token)) }), env, ctx);
+    expect(stream.status).toBe(200);
+    const reader = stream.body!.getReader();
+    await reader.read();
+    await sleep(12_000);
+    const call = gatewayClient();
+    expect((await call("/v2/v1/models", { headers: bearer(streaming.token) })).status).toBe(429);
+    expect((await call("/v2/v1/models", { headers: bearer(idle.token) })).status).toBe(200);
+    await reader.cancel();
+    await waitOnExecutionContext(ctx);
   });
 
   it("a lease that is never released frees itself after quota_lease", async () => {
