@@ -4,4 +4,7 @@ import { register } from "tsx/esm/api";
 
 register();
 const { main } = await import("../cli/main.ts");
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+// A failed serve may leave the runtime's handles behind: exit rather than linger with nothing listening.
+if (code !== 0) process.exit(code);
+process.exitCode = code;

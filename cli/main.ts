@@ -10,6 +10,7 @@ import { CliError, usageError } from "./errors";
 const USAGE = `usage: halo-gate <command> [--state DIR] [options]    (halo-gate --version)
 
   serve [--bind ADDR:PORT|tailscale[:PORT]] [--admin-bind ADDR:PORT] [--allow-insecure-exposure] [--cron EXPR] [--config FILE]
+        [--tls [--tls-name NAME]... | --tls-cert FILE --tls-key FILE]
   invite <handle> [--scopes v2,lemon,sd,audio] [--ttl 10d] [--rps N] [--burst N] [--streams N] [--daily-tokens N] [--authkey KEY] [--json]
   revoke <handle>
   rotate <handle> [--json]
@@ -24,9 +25,26 @@ State dir: --state, else $HALO_GATE_STATE, else ./.halo-gate`;
 async function serveCommand(args: string[]): Promise<number> {
   const { values, stateDir } = parse(
     args,
-    { bind: { type: "string" }, "admin-bind": { type: "string" }, "allow-insecure-exposure": { type: "boolean" }, cron: { type: "string" }, config: { type: "string" } },
+    {
+      bind: { type: "string" },
+      "admin-bind": { type: "string" },
+      "allow-insecure-exposure": { type: "boolean" },
+      cron: { type: "string" },
+      config: { type: "string" },
+      tls: { type: "boolean" },
+      "tls-name": { type: "string", multiple: true },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+    },
     0,
   );
+  const tlsNames = (values["tls-name"] as unknown as string[] | undefined) ?? [];
+  const certFile = values["tls-cert"] as string | undefined;
+  const keyFile = values["tls-key"] as string | undefined;
+  if ((certFile === undefined) !== (keyFile === undefined)) throw usageError("--tls-cert and --tls-key go together");
+  const tlsEnabled = values.tls === true || certFile !== undefined;
+  if (!tlsEnabled && tlsNames.length > 0) throw usageError("--tls-name needs --tls");
+  if (certFile !== undefined && tlsNames.length > 0) throw usageError("--tls-name names a self-signed certificate's hosts; with --tls-cert the certificate's own names are served");
   // Loaded only for serve: miniflare and esbuild are heavy, and every other command is a quick admin call.
   const { serve } = await import("./commands/serve");
   return serve({
@@ -38,6 +56,7 @@ async function serveCommand(args: string[]): Promise<number> {
     config: values.config as string | undefined,
     meshWaitMs: Number(process.env.HALO_GATE_MESH_WAIT_MS ?? 60_000),
     graceMs: Number(process.env.HALO_GATE_SHUTDOWN_GRACE_MS ?? 30_000),
+    tls: { enabled: tlsEnabled, names: tlsNames, certFile, keyFile },
   });
 }
 

@@ -48,6 +48,10 @@ export interface RuntimeInfo {
   /** The workerd core's loopback socket behind the edge (diagnostics and bench/ only). */
   core: string;
   started_at: string;
+  /** The URL users are given (HALO_CONFIG.public_url), when set. */
+  public_url?: string;
+  /** The served certificate, with `serve --tls`. */
+  tls?: { fingerprint: string; self_signed: boolean; cert_path: string };
 }
 
 export function writeRuntimeInfo(dir: string, info: RuntimeInfo): void {

@@ -11,7 +11,9 @@ import { checkBindAllowed, formatHostPort, parseBindAddress, tailscaleAddress } 
 import { bundleWorker } from "../serve/bundle";
 import { startCore } from "../serve/core";
 import { scheduleCrons, validateCron } from "../serve/cron";
-import { startEdge } from "../serve/edge";
+import { startEdge, type Edge, type TlsCredentials } from "../serve/edge";
+import { servedHosts } from "../serve/edge-screen";
+import type { TlsMaterial } from "../serve/tls";
 import { childPids, reapOrphan } from "../serve/orphans";
 import { loadWorkerConfig, PROJECT_ROOT } from "../serve/worker-config";
 import { ensureStateDir, loadOrCreateOperatorToken, readRuntimeInfo, removeRuntimeInfo, sha256Hex, writeRuntimeInfo } from "../state";
@@ -36,7 +38,24 @@ export interface ServeOptions {
   meshWaitMs: number;
   /** How long shutdown waits for in-flight requests. */
   graceMs: number;
+  /** HTTPS on the bind address (and then no plain-HTTP listener there). */
+  tls: { enabled: boolean; names: string[]; certFile?: string | undefined; keyFile?: string | undefined };
 }
+
+/** The served certificate: the operator's files, or a self-signed one kept in the state dir. */
+async function tlsMaterial(options: ServeOptions, bindHost: string): Promise<TlsMaterial> {
+  const { certFile, keyFile, names } = options.tls;
+  // Loaded only with --tls: certificate generation pulls in an ASN.1 stack plain HTTP never needs.
+  const { ensureSelfSignedCertificate, loadOperatorCertificate } = await import("../serve/tls");
+  try {
+    if (certFile && keyFile) return loadOperatorCertificate(certFile, keyFile);
+    return await ensureSelfSignedCertificate({ dir: join(options.stateDir, "tls"), names: [bindHost, ...names, "localhost", "127.0.0.1"] });
+  } catch (error) {
+    throw new CliError(`TLS: ${(error as Error).message}`);
+  }
+}
+
+const credentials = (material: TlsMaterial): TlsCredentials => ({ cert: material.cert, key: material.key, fingerprint: material.fingerprint });
 
 export async function serve(options: ServeOptions): Promise<number> {
   const started = performance.now();
@@ -60,6 +79,7 @@ export async function serve(options: ServeOptions): Promise<number> {
     if (await reapOrphan(pid)) console.log(`halo-gate: ended workerd ${pid} left behind by a serve that was killed`);
   }
   const operatorToken = loadOrCreateOperatorToken(options.stateDir);
+  const tls = options.tls.enabled ? await tlsMaterial(options, bind.host) : undefined;
   const scriptPath = await bundleWorker(worker.main, join(options.stateDir, "build"));
   const edgeSecret = randomBytes(32).toString("hex");
   let core;
@@ -75,21 +95,30 @@ export async function serve(options: ServeOptions): Promise<number> {
   } catch (error) {
     throw new CliError(`the workerd core did not start (is the admin address ${formatHostPort(admin.host, admin.port)} already in use?): ${(error as Error).message.split("\n")[0]}`);
   }
-  await applyMigrations(await core.miniflare.getD1Database("DB"), resolve(PROJECT_ROOT, "migrations"));
-
-  let edge;
+  // From here on the core runs: any failure must end it too, or serve would linger with nothing listening.
+  let edge: Edge;
   try {
-    edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret });
+    try {
+      await applyMigrations(await core.miniflare.getD1Database("DB"), resolve(PROJECT_ROOT, "migrations"));
+    } catch (error) {
+      throw new CliError(`database migration failed: ${(error as Error).message.split("\n")[0]}`);
+    }
+    const hosts = servedHosts({ bindHost: bind.host, tlsNames: options.tls.names, config: worker.config });
+    try {
+      edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret, config: worker.config, hosts, tls: tls && credentials(tls) });
+    } catch (error) {
+      throw new CliError(`cannot listen on ${formatHostPort(bind.host, bind.port)}: ${(error as Error).message}`);
+    }
   } catch (error) {
-    await core.miniflare.dispose();
-    throw new CliError(`cannot listen on ${formatHostPort(bind.host, bind.port)}: ${(error as Error).message}`);
+    await core.miniflare.dispose().catch(() => {});
+    throw error;
   }
   const fetcher = await core.miniflare.getWorker();
   const crons = scheduleCrons(options.cron ? [options.cron] : worker.crons, async (cron, scheduledTime) => {
     await fetcher.scheduled({ cron, scheduledTime });
   });
 
-  const gatewayAddress = `http://${formatHostPort(edge.address.host, edge.address.port)}`;
+  const gatewayAddress = `${tls ? "https" : "http"}://${formatHostPort(edge.address.host, edge.address.port)}`;
   const adminAddress = `http://${formatHostPort(core.adminUrl.hostname.replace(/^\[|\]$/g, ""), Number(core.adminUrl.port))}`;
   const workerdPids = childPids("workerd");
   writeRuntimeInfo(options.stateDir, {
@@ -99,10 +128,16 @@ export async function serve(options: ServeOptions): Promise<number> {
     admin: adminAddress,
     core: core.gatewayUrl.origin,
     started_at: new Date().toISOString(),
+    ...(worker.config.public_url ? { public_url: worker.config.public_url } : {}),
+    ...(tls ? { tls: { fingerprint: tls.fingerprint, self_signed: tls.selfSigned, cert_path: tls.certPath } } : {}),
   });
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
   console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
   if (!worker.config.quotas) console.warn("halo-gate: WARNING: quotas = false in HALO_CONFIG: per-user quotas are not enforced");
+  if (tls) {
+    const kind = tls.selfSigned ? `self-signed for ${tls.names.join(", ")}; clients pin it or trust ${tls.certPath}` : `from ${tls.certPath}; SIGHUP re-reads it`;
+    console.log(`halo-gate TLS certificate ${tls.fingerprint} (${kind})`);
+  }
   console.log(`halo-gate listening on ${gatewayAddress}`);
 
   // miniflare's exit-hook answers SIGTERM/SIGINT with an immediate process.exit(143/130), which would
@@ -137,6 +172,16 @@ export async function serve(options: ServeOptions): Promise<number> {
       console.log("halo-gate: stopped");
       resolveExit(0);
     };
+    // SIGHUP: re-read the certificate (an operator's renewed files) without dropping a connection.
+    process.on("SIGHUP", () => {
+      if (!tls || stopping) return;
+      void tlsMaterial(options, bind.host)
+        .then((material) => {
+          edge.reloadTls(credentials(material));
+          console.log(`halo-gate: SIGHUP: serving TLS certificate ${material.fingerprint}`);
+        })
+        .catch((error: unknown) => console.error(`halo-gate: SIGHUP: kept the current certificate: ${(error as Error).message}`));
+    });
     process.once("SIGTERM", () => void stop("SIGTERM"));
     process.once("SIGINT", () => void stop("SIGINT"));
   });

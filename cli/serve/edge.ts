@@ -1,18 +1,58 @@
 /**
- * The mesh-facing edge: the only listener on the bind address, in front of the loopback-only
- * workerd core. It exists because (measured on workerd 2026-04-26):
+ * The mesh-facing edge: the only listener on the bind address (HTTP or, with `--tls`, HTTPS), in
+ * front of the loopback-only workerd core. It exists because (measured on workerd 2026-04-26):
  *   - workerd resolves literal `..` segments before a worker sees the URL, so only a layer that
  *     reads the raw request target can refuse `/v2/../sd` instead of silently rerouting it;
- *   - workerd answers CONNECT on any worker socket with 500, and SPEC §1 wants 4xx or a close;
+ *   - workerd answers CONNECT on any worker socket with 500, and a client's mistake is never a 5xx;
  *   - miniflare's sockets trust a client-sent `MF-CF-Blob` for `request.cf`; here the client
  *     address comes only from the TCP peer, passed on with a per-boot secret.
+ *
+ * No HTTP framing is written by hand on the request path (issue 7): Node's parser (llhttp, strict)
+ * reads the client's bytes, `edge-screen.ts` refuses what must not pass, and every request reaches
+ * the core as a new message framed by undici, on a pool of loopback connections. Bodies are framed
+ * for every method (Content-Length when the client declared one, else chunked) — the old
+ * `http.request` + `pipe` hop wrote GET/DELETE bodies unframed, which desynced the shared pool.
  * Everything else (auth, scopes, header hygiene for the upstream) stays in the worker.
  */
-import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { connect, type Socket } from "node:net";
-import { ALLOW_HEADER, ALLOWED_METHODS } from "../../src/http/methods";
-import { normalizePath, splitRequestTarget } from "../../src/http/path";
+import { createServer as createHttpServer, ServerResponse, type IncomingMessage, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { Duplex } from "node:stream";
+import type { Socket } from "node:net";
+import { Pool, type Dispatcher } from "undici";
+import type { GatewayConfig } from "../../src/config/schema";
 import { canonicalName, HOP_BY_HOP } from "../../src/proxy/headers";
+import { declaredBody, isWebSocketUpgrade, refusalBody, screenRequest, type Refusal } from "./edge-screen";
+
+/** Bounds on what one client can hold (issue 7: 520 slow uploads from one peer stopped the gateway). */
+export interface EdgeLimits {
+  /** Open connections per peer address; more are closed at accept. */
+  connectionsPerPeer: number;
+  /** Requests in flight to the core per peer address; more get 429. */
+  inFlightPerPeer: number;
+  /** Time to receive the request head (slowloris). */
+  headersTimeoutMs: number;
+  /** Time to receive the whole request, body included. */
+  requestTimeoutMs: number;
+  /** Longest pause between two chunks of a request body. */
+  bodyIdleTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs: number;
+}
+
+export const DEFAULT_EDGE_LIMITS: EdgeLimits = {
+  connectionsPerPeer: 64,
+  inFlightPerPeer: 32,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 120_000,
+  bodyIdleTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+};
+
+export interface TlsCredentials {
+  cert: string;
+  key: string;
+  fingerprint: string;
+}
 
 export interface EdgeOptions {
   host: string;
@@ -21,141 +61,293 @@ export interface EdgeOptions {
   core: URL;
   /** Proves to the worker that the client address header came from here. */
   secret: string;
+  config: GatewayConfig;
+  /** Host names served (see `servedHosts`); any other Host gets 421. */
+  hosts: ReadonlySet<string>;
+  tls?: TlsCredentials | undefined;
+  limits?: Partial<EdgeLimits>;
 }
 
 export interface Edge {
   server: Server;
   address: { host: string; port: number };
   inFlight(): number;
-  /** Stop accepting, let in-flight requests finish (up to `graceMs`), then close the rest. */
+  /** New certificate and key for new TLS handshakes; open connections are kept. */
+  reloadTls(credentials: TlsCredentials): void;
+  /** Stop accepting, close keep-alive connections as their requests end, wait up to `graceMs`, then cut the rest. */
   close(graceMs: number): Promise<void>;
 }
 
 /** Headers that steer the core's trust; a client may never send them. */
 const isInternal = (name: string) => name.startsWith("x-halo-") || name.startsWith("mf-") || name.startsWith("cf-");
-
-function jsonError(status: number, code: string, message: string) {
-  return JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : "invalid_request_error", code } });
-}
-
-function rawResponse(status: number, reason: string, body: string, extra = ""): string {
-  return `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n${extra}\r\n${body}`;
-}
-
-/** Why a request must not reach the core, or undefined when it may. */
-function screen(method: string | undefined, target: string | undefined): { status: number; code: string; message: string } | undefined {
-  if (!method || !ALLOWED_METHODS.has(method)) {
-    return { status: 405, code: "method_not_allowed", message: `Method ${String(method).slice(0, 20)} is not supported by halo-gate.` };
-  }
-  if (!target?.startsWith("/")) return { status: 400, code: "invalid_path", message: "Rejected request target: it must be an origin-form path." };
-  const { rawPath } = splitRequestTarget(`http://edge${target}`);
-  const normalized = normalizePath(rawPath);
-  if (!normalized.ok) return { status: 400, code: "invalid_path", message: `Rejected path: ${normalized.reason}.` };
-  return undefined;
-}
-
-/** Client headers minus hop-by-hop, those named in Connection and internal ones; plus the edge's own. */
-function forwardedHeaders(request: IncomingMessage, secret: string, keepUpgrade: boolean): Record<string, string | string[]> {
-  const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())).filter(Boolean));
-  const headers: Record<string, string[]> = {};
-  for (let index = 0; index < request.rawHeaders.length; index += 2) {
-    const name = canonicalName(request.rawHeaders[index]!);
-    const value = request.rawHeaders[index + 1]!;
-    if (isInternal(name)) continue;
-    if ((HOP_BY_HOP.has(name) || named.has(name)) && !(keepUpgrade && (name === "upgrade" || name === "connection"))) continue;
-    (headers[name] ??= []).push(value);
-  }
-  headers["x-halo-edge-secret"] = [secret];
-  headers["x-halo-client-addr"] = [peerAddress(request.socket)];
-  // Node wants single values as strings (and `host` must be one).
-  return Object.fromEntries(Object.entries(headers).map(([name, values]) => [name, values.length === 1 ? values[0]! : values]));
-}
+/** Framing and hop headers the edge sets itself; `Connection` can name others, never these. */
+const FRAMING = new Set(["content-length", "transfer-encoding", "host", "expect"]);
 
 function peerAddress(socket: Socket): string {
   const address = socket.remoteAddress ?? "unknown";
   return address.startsWith("::ffff:") ? address.slice(7) : address;
 }
 
+/** Client headers minus hop-by-hop, framing, those named in Connection and internal ones; plus the edge's own. */
+function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }): string[] {
+  const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())));
+  const headers: string[] = ["host", request.headers.host!];
+  for (let index = 0; index < request.rawHeaders.length; index += 2) {
+    const name = canonicalName(request.rawHeaders[index]!);
+    if (FRAMING.has(name) || HOP_BY_HOP.has(name) || named.has(name) || isInternal(name)) continue;
+    headers.push(request.rawHeaders[index]!, request.rawHeaders[index + 1]!);
+  }
+  if (body.length !== null && body.length > 0) headers.push("content-length", String(body.length));
+  headers.push("x-halo-edge-secret", options.secret, "x-halo-client-addr", peerAddress(request.socket));
+  if (options.tls) headers.push("x-halo-tls-fingerprint", options.tls.fingerprint);
+  return headers;
+}
+
+/** The core's response headers for the client, hop-by-hop ones removed (Node frames the body anew). */
+function clientHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const named = new Set(String(headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())));
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) if (value !== undefined && !HOP_BY_HOP.has(name) && !named.has(name)) out[name] = value;
+  return out;
+}
+
+function sendRefusal(response: ServerResponse, refusal: Refusal, close = false) {
+  if (response.headersSent) {
+    response.destroy();
+    return;
+  }
+  if (close) response.shouldKeepAlive = false;
+  const body = refusalBody(refusal);
+  response.writeHead(refusal.status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body), "cache-control": "no-store", ...refusal.headers });
+  response.end(body);
+}
+
+const coreUnavailable: Refusal = { status: 502, code: "gateway_unavailable", message: "The gateway core is not reachable; try again shortly." };
+
+/** Errors of a pooled connection the core closed before answering: safe to replay a bodiless request once. */
+const STALE_CONNECTION = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE", "UND_ERR_CLOSED"]);
+
 export async function startEdge(options: EdgeOptions): Promise<Edge> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 512 });
+  const limits = { ...DEFAULT_EDGE_LIMITS, ...options.limits };
+  // One connection per in-flight request (no pipelining); the per-peer caps bound the total.
+  const pool = new Pool(options.core.origin, { pipelining: 1, keepAliveTimeout: 4_000, headersTimeout: 0, bodyTimeout: 0 });
+  const peers = new Map<string, { connections: number; inFlight: number }>();
+  const peer = (address: string) => {
+    let entry = peers.get(address);
+    if (!entry) peers.set(address, (entry = { connections: 0, inFlight: 0 }));
+    return entry;
+  };
   let active = 0;
-  const server = createServer({ requestTimeout: 0, headersTimeout: 60_000 }, (request: IncomingMessage, response: ServerResponse) => {
+  let stopping = false;
+
+  const serverOptions = {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // Node checks the two timeouts above on this interval (default 30 s, too coarse for a 10 s limit).
+    connectionsCheckingInterval: 1_000,
+    // Counted by the screen instead: Node's own cap silently drops headers past it (a smuggling vector).
+    maxHeadersCount: 0,
+  };
+  const server: Server = options.tls
+    ? createHttpsServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2" })
+    : createHttpServer(serverOptions);
+
+  server.on("connection", (socket: Socket) => {
+    const address = peerAddress(socket);
+    const entry = peer(address);
+    if (entry.connections >= limits.connectionsPerPeer) {
+      socket.destroy();
+      return;
+    }
+    entry.connections++;
+    socket.once("close", () => {
+      entry.connections--;
+      if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);
+    });
+  });
+
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
     try {
-      handle(request, response);
+      handle(request, response, null);
     } catch (error) {
       // Never let one bad request take the listener down.
       console.error(`halo-gate edge: ${(error as Error).message}`);
-      if (!response.headersSent) {
-        response.writeHead(400, { "content-type": "application/json" });
-        response.end(jsonError(400, "bad_request", "The request could not be forwarded."));
-      } else response.destroy();
+      sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
     }
   });
-
-  function handle(request: IncomingMessage, response: ServerResponse) {
-    const refusal = screen(request.method, request.url);
+  // `Expect: 100-continue`: screened first, so a refused upload is never invited; then handled as usual.
+  server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
+    const refusal = screenRequest(request, { hosts: options.hosts, bodyLimitBytes: options.config.body_limit_bytes });
     if (refusal) {
-      response.writeHead(refusal.status, { "content-type": "application/json", ...(refusal.status === 405 ? { allow: ALLOW_HEADER } : {}) });
-      response.end(jsonError(refusal.status, refusal.code, refusal.message));
+      sendRefusal(response, refusal, true);
+      return;
+    }
+    response.writeContinue();
+    server.emit("request", request, response);
+  });
+
+  /** One client request → one freshly framed core request. `upgradeSocket` is set for WebSocket handshakes. */
+  function handle(request: IncomingMessage, response: ServerResponse, upgradeSocket: { socket: Duplex; head: Buffer } | null) {
+    if (stopping) response.shouldKeepAlive = false;
+    const refusal = screenRequest(request, { hosts: options.hosts, bodyLimitBytes: options.config.body_limit_bytes });
+    if (refusal) {
+      sendRefusal(response, refusal, true);
       request.resume();
       return;
     }
+    const address = peerAddress(request.socket);
+    const entry = peer(address);
+    if (entry.inFlight >= limits.inFlightPerPeer) {
+      sendRefusal(response, { status: 429, code: "too_many_requests", message: `More than ${limits.inFlightPerPeer} requests in flight from ${address}.`, headers: { "retry-after": "1" } });
+      request.resume();
+      return;
+    }
+    entry.inFlight++;
     active++;
     let done = false;
     const finish = () => {
       if (done) return;
       done = true;
       active--;
+      entry.inFlight--;
+      if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);
     };
-    const upstream = httpRequest({
-      host: options.core.hostname,
-      port: options.core.port,
-      method: request.method,
-      path: request.url,
-      headers: forwardedHeaders(request, options.secret, false),
-      agent,
-    });
-    upstream.on("response", (coreResponse) => {
-      const headers: string[] = [];
-      for (let index = 0; index < coreResponse.rawHeaders.length; index += 2) {
-        if (!HOP_BY_HOP.has(coreResponse.rawHeaders[index]!.toLowerCase())) headers.push(coreResponse.rawHeaders[index]!, coreResponse.rawHeaders[index + 1]!);
-      }
-      response.writeHead(coreResponse.statusCode ?? 502, coreResponse.statusMessage, headers);
-      response.flushHeaders();
-      coreResponse.pipe(response);
-      coreResponse.on("error", () => response.destroy());
-    });
-    upstream.on("error", () => {
-      if (!response.headersSent) {
-        response.writeHead(502, { "content-type": "application/json" });
-        response.end(jsonError(502, "gateway_unavailable", "The gateway core is not reachable; try again shortly."));
-      } else {
-        response.destroy();
-      }
-      finish();
-    });
+
+    const body = declaredBody(request);
+    // A body that stalls: the connection is cut (no listener on the body itself: undici reads it).
+    const socket = request.socket;
+    const stalled = () => sendRefusal(response, { status: 408, code: "request_timeout", message: "The request body stalled." }, true);
+    const bodyReceived = () => {
+      socket.setTimeout(0);
+      socket.off("timeout", stalled);
+    };
+    if (body.present) {
+      socket.setTimeout(limits.bodyIdleTimeoutMs, stalled);
+      request.once("end", bodyReceived);
+    }
+    let controller: Dispatcher.DispatchController | undefined;
+    let responded = false;
     // A client that goes away mid-request or mid-stream cancels the core request (and so the upstream).
-    response.on("close", () => {
-      if (!response.writableFinished) upstream.destroy();
+    response.once("close", () => {
+      if (body.present) bodyReceived();
+      if (!response.writableFinished) controller?.abort(new Error("client closed"));
       finish();
     });
-    request.pipe(upstream);
+
+    const dispatch = (attempt: number) => {
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(started) {
+          controller = started;
+          if (response.destroyed) started.abort(new Error("client closed"));
+        },
+        onRequestUpgrade(_controller, statusCode, headers, coreSocket) {
+          responded = true;
+          const client = upgradeSocket!;
+          response.writeHead(statusCode, { ...clientHeaders(headers), connection: "Upgrade", upgrade: "websocket" });
+          response.flushHeaders();
+          response.detachSocket(client.socket as Socket);
+          // Bytes flow only now, after the core's 101; the edge no longer parses this connection.
+          if (client.head.length > 0) coreSocket.write(client.head);
+          coreSocket.pipe(client.socket);
+          client.socket.pipe(coreSocket);
+          const teardown = () => {
+            coreSocket.destroy();
+            client.socket.destroy();
+          };
+          coreSocket.on("error", teardown);
+          client.socket.on("error", teardown);
+          coreSocket.on("close", () => client.socket.end());
+          client.socket.on("close", () => {
+            coreSocket.end();
+            tunnels.delete(client.socket);
+            finish();
+          });
+          tunnels.add(client.socket);
+        },
+        onResponseStart(paused, statusCode, headers, statusMessage) {
+          if (statusCode < 200) return; // 1xx from the core are its own business
+          responded = true;
+          response.writeHead(statusCode, statusMessage, clientHeaders(headers));
+          response.flushHeaders(); // SSE: the client sees the headers before the first event
+          response.on("drain", () => paused.resume());
+        },
+        onResponseData(paused, chunk) {
+          if (!response.write(chunk)) paused.pause();
+        },
+        onResponseEnd() {
+          response.end();
+        },
+        onResponseError(_controller, error) {
+          const code = (error as { code?: string }).code ?? "";
+          if (!responded && attempt === 0 && !body.present && STALE_CONNECTION.has(code) && !response.destroyed) {
+            dispatch(1); // the pooled connection was closed under us before any answer: replay once
+            return;
+          }
+          if (!responded) sendRefusal(response, coreUnavailable);
+          else response.destroy();
+        },
+      };
+      pool.dispatch(
+        {
+          origin: options.core.origin,
+          path: request.url!,
+          method: request.method!,
+          headers: coreRequestHeaders(request, options, body),
+          body: body.present ? request : null,
+          ...(upgradeSocket ? { upgrade: "websocket" } : {}),
+        },
+        handler,
+      );
+    };
+    dispatch(0);
   }
 
-  server.on("connect", (_request, socket: Socket) => {
-    socket.end(rawResponse(405, "Method Not Allowed", jsonError(405, "method_not_allowed", "CONNECT is not supported by halo-gate."), `allow: ${ALLOW_HEADER}\r\n`));
+  /**
+   * A request that asked to switch protocols. Only a WebSocket handshake on a WebSocket route is
+   * upgraded (after the core's 101); anything else is answered as a plain request on a connection
+   * that then closes, so no later bytes on it can skip the screen.
+   */
+  const tunnels = new Set<Duplex>();
+  server.on("upgrade", (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const response = new ServerResponse(request);
+    response.assignSocket(socket as Socket);
+    response.shouldKeepAlive = false;
+    response.once("finish", () => socket.end());
+    socket.on("error", () => socket.destroy());
+    try {
+      if (declaredBody(request).present || (head.length > 0 && !isWebSocketUpgrade(request, options.config.routes))) {
+        sendRefusal(response, { status: 400, code: "bad_request", message: "An upgrade request cannot carry a body." }, true);
+        return;
+      }
+      handle(request, response, isWebSocketUpgrade(request, options.config.routes) ? { socket, head } : null);
+    } catch (error) {
+      console.error(`halo-gate edge: ${(error as Error).message}`);
+      sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
+    }
   });
-  server.on("clientError", (_error, socket: Socket) => {
-    if (socket.writable) socket.end(rawResponse(400, "Bad Request", jsonError(400, "bad_request", "Malformed HTTP request.")));
-    else socket.destroy();
+  server.on("connect", (request: IncomingMessage, socket: Duplex) => {
+    const response = new ServerResponse(request);
+    response.assignSocket(socket as Socket);
+    response.once("finish", () => socket.end());
+    socket.on("error", () => socket.destroy());
+    sendRefusal(response, screenRequest(request, { hosts: options.hosts, bodyLimitBytes: 0 })!, true);
   });
-  // Upgraded sockets leave the HTTP server's bookkeeping (closeAllConnections skips them), so the
-  // edge tracks its tunnels itself: they count as in flight and are cut after the shutdown grace.
-  const tunnels = new Set<Socket>();
-  server.on("upgrade", (request: IncomingMessage, socket: Socket, head: Buffer) => {
-    tunnels.add(socket);
-    socket.once("close", () => tunnels.delete(socket));
-    proxyUpgrade(request, socket, head, options);
+  // What llhttp itself refuses (bad framing, obs-fold, bare CR/LF, CL+TE, …) and the timeouts.
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
+    if (!socket.writable || (socket as { _httpMessage?: ServerResponse })._httpMessage?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    const [status, reason, code] =
+      error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? [408, "Request Timeout", "request_timeout"]
+        : error.code === "HPE_HEADER_OVERFLOW"
+          ? [431, "Request Header Fields Too Large", "headers_too_large"]
+          : [400, "Bad Request", "bad_request"];
+    const body = refusalBody({ status, code, message: status === 400 ? "Malformed HTTP request." : reason });
+    // Node's own default for this event writes a fixed response the same way: there is no request to frame.
+    socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -166,42 +358,25 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   return {
     server,
     address: { host: bound.address, port: bound.port },
-    inFlight: () => active + tunnels.size,
+    inFlight: () => active,
+    reloadTls(credentials) {
+      if (!options.tls) throw new Error("this edge serves plain HTTP");
+      (server as unknown as { setSecureContext(options: { cert: string; key: string }): void }).setSecureContext({ cert: credentials.cert, key: credentials.key });
+      options.tls = credentials;
+    },
     async close(graceMs) {
+      stopping = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
       const deadline = Date.now() + graceMs;
-      while (active + tunnels.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      // Keep-alive connections close as soon as they are idle (new requests on them get `Connection: close`).
+      while (active > 0 && Date.now() < deadline) {
+        server.closeIdleConnections();
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
       server.closeAllConnections();
       for (const tunnel of tunnels) tunnel.destroy();
-      agent.destroy();
+      await pool.destroy();
       await closed;
     },
   };
-}
-
-/** WebSocket upgrades: screened like any request, then bytes are piped both ways to the core. */
-function proxyUpgrade(request: IncomingMessage, socket: Socket, head: Buffer, options: EdgeOptions) {
-  const refusal = screen(request.method, request.url);
-  if (refusal) {
-    socket.end(rawResponse(refusal.status, refusal.status === 405 ? "Method Not Allowed" : "Bad Request", jsonError(refusal.status, refusal.code, refusal.message)));
-    return;
-  }
-  const core = connect(Number(options.core.port), options.core.hostname, () => {
-    const headers = forwardedHeaders(request, options.secret, true);
-    let head_ = `${request.method} ${request.url} HTTP/1.1\r\n`;
-    for (const [name, values] of Object.entries(headers)) for (const value of [values].flat()) head_ += `${name}: ${value}\r\n`;
-    core.write(head_ + "\r\n");
-    if (head.length > 0) core.write(head);
-    core.pipe(socket);
-    socket.pipe(core);
-  });
-  const teardown = () => {
-    core.destroy();
-    socket.destroy();
-  };
-  core.on("error", teardown);
-  socket.on("error", teardown);
-  core.on("close", () => socket.end());
-  socket.on("close", () => core.end());
 }

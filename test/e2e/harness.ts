@@ -67,7 +67,7 @@ export async function startServe(options: { stateDir?: string; args?: string[]; 
   const url = await new Promise<string>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`serve did not start in 30 s:\n${output}`)), 30_000);
     const check = () => {
-      const match = /halo-gate listening on (http:\/\/\S+)/.exec(output);
+      const match = /halo-gate listening on (https?:\/\/\S+)/.exec(output);
       if (match) {
         clearTimeout(timer);
         resolvePromise(match[1]!);
