@@ -1,193 +1,155 @@
 /**
- * What the gateway costs, measured in one run on this machine and reported as ratios:
- *   direct      — the upstream alone (the floor)
- *   core-open   — the worker on workerd, no-auth /studio route, no edge (miniflare direct socket)
- *   core        — the same with bearer auth (hash + D1 lookup): core vs core-open is the auth cost
- *   serve       — the production path: Node edge → workerd core → upstream, bearer token, quotas on
- *   serve-noquota, core-noquota — the same with `quotas = false` (isolates the quota check's cost)
- *   serve-open  — the same path on the no-auth /studio route (isolates the auth cost)
- *   workerd-edge — the rejected edge: a standalone workerd edge worker in front of the same core
- * Each load is bounded (DURATION_S seconds per scenario) and stays on loopback.
- *   npm run bench [-- --duration 4 --connections 1,16]
+ * `npm run bench`: what the gateway costs, against what the box does today and against the least a
+ * workerd gateway could cost — side by side in one run, on loopback only.
+ *
+ *   direct         nginx serving the models JSON: the upstream alone, the ceiling
+ *   caddy          the box today: Caddy matching the bearer against 10 literal tokens → nginx
+ *   floor          a bare workerd worker: SHA-256 of the bearer, set lookup, fetch → nginx
+ *   serve          halo-gate serve, the production path: Node edge → workerd core (hash + D1 lookup,
+ *                  per-user quota Durable Object, audit) → nginx
+ *   serve-noquota  the same with `quotas = false`: serve − serve-noquota is the quota check's cost
+ *
+ * Load: wrk at each connection count, requests spread over each target's 10 bearers; the targets
+ * run interleaved (A B C D E, repeated for every round) so that a disturbance of the shared machine
+ * hits one round of every target rather than all rounds of one; cells are medians over the rounds,
+ * with ratios to direct (what putting anything in front costs) and to floor (what halo-gate adds to
+ * the cheapest workerd gateway). Also: SSE delivery through serve vs direct, serve's start-up time,
+ * and the RSS of every process after the load. Every load is bounded in time; every process and
+ * temp dir it starts is removed at the end, on error and on Ctrl-C.
+ *
+ *   npm run bench [-- --duration 5 --rounds 3 --connections 1,32]
+ *
+ * Needs nginx, caddy and wrk (bench/setup.sh installs the Debian packages when missing) and the
+ * workerd binary from node_modules. Writes bench/RESULTS.md.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import autocannon from "autocannon";
-import { parse, stringify } from "smol-toml";
-import { freeLoopbackPort } from "../test/support/ports";
+import { cleanupAll, cleanupOnSignals, wasInterrupted, sleep, tempDir, treeRss } from "./lib/processes.ts";
+import { machineLine, renderReport, type BenchData } from "./report.ts";
+import { measureSse, SSE_EVENTS, startSseUpstream } from "./sse.ts";
+import { startCaddy } from "./targets/caddy.ts";
+import { startFloor, workerdBinary } from "./targets/floor.ts";
+import { startNginx } from "./targets/nginx.ts";
+import { startServe, startServeProcess } from "./targets/serve.ts";
+import { MODELS_BODY, randomBearer, type Target } from "./targets/target.ts";
+import { runWrk, wrkScript } from "./wrk.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const { values } = parseArgs({ options: { duration: { type: "string", default: "4" }, connections: { type: "string", default: "1,16" } } });
-const DURATION_S = Math.min(30, Number(values.duration));
-const CONNECTIONS = values.connections.split(",").map(Number);
+const DEFAULTS = { duration: 5, rounds: 3 };
+const STARTS = 3;
 
-
-function startUpstream(): Promise<{ server: Server; port: number }> {
-  const server = createServer((request, response) => {
-    request.resume();
-    response.writeHead(200, { "content-type": "application/json" });
-    response.end('{"object":"list","data":[{"id":"bench-model"}]}');
-  });
-  server.keepAliveTimeout = 10_000;
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, port: (server.address() as { port: number }).port })));
-}
-
-function rssKb(pid: number): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
-}
-
-async function run(url: string, headers: Record<string, string>, connections: number) {
-  const result = await autocannon({ url, headers, connections, duration: DURATION_S, pipelining: 1 });
-  const non2xx = result.non2xx + result.errors;
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, bad: non2xx };
-}
-
-interface Gateway {
-  url: string;
-  core: string;
-  token: string;
-  stop(): Promise<void>;
-  rss(): { edgeMb: number; workerdMb: number };
-  startupMs: number;
-}
-
-async function startGateway(upstreamPort: number, overrides: Record<string, unknown>): Promise<Gateway> {
-  const state = mkdtempSync(join(tmpdir(), "halo-gate-bench-"));
-  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> & { routes: Array<{ upstream: string }> } } };
-  for (const route of toml.vars.HALO_CONFIG.routes) route.upstream = route.upstream.replace(/:\/\/127\.0\.0\.1:\d+/, `://127.0.0.1:${upstreamPort}`);
-  Object.assign(toml.vars.HALO_CONFIG, overrides);
-  toml.main = join(ROOT, "src/index.ts");
-  const config = join(state, "wrangler.toml");
-  writeFileSync(config, stringify(toml));
-
-  const bin = join(ROOT, "bin/halo-gate.mjs");
-  const started = performance.now();
-  const serve = spawn(process.execPath, [bin, "serve", "--state", state, "--config", config, "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
-  const url = await new Promise<string>((resolve) => {
-    let out = "";
-    serve.stdout!.on("data", (chunk) => {
-      out += chunk;
-      const match = /listening on (\S+)/.exec(out);
-      if (match) resolve(match[1]!);
-    });
-  });
-  const startupMs = performance.now() - started;
-  const runtime = JSON.parse(readFileSync(join(state, "serve.json"), "utf8")) as { core: string; workerd_pids: number[] };
-  const invite = await new Promise<string>((resolve) => {
-    const child = spawn(process.execPath, [bin, "invite", "bench", "--json", "--rps", "10000", "--burst", "100000", "--streams", "1000", "--state", state]);
-    let out = "";
-    child.stdout.on("data", (chunk) => (out += chunk));
-    child.on("close", () => resolve(out));
-  });
-  if (!invite.startsWith("{")) {
-    serve.kill("SIGTERM");
-    throw new Error(`invite failed: ${invite}`);
-  }
-  return {
-    url,
-    core: runtime.core,
-    token: (JSON.parse(invite) as { token: string }).token,
-    startupMs,
-    rss: () => ({ edgeMb: Math.round(rssKb(serve.pid!) / 1024), workerdMb: Math.round(runtime.workerd_pids.reduce((sum, pid) => sum + rssKb(pid), 0) / 1024) }),
-    stop: async () => {
-      serve.kill("SIGTERM");
-      await new Promise((resolve) => serve.on("exit", resolve));
+function options() {
+  const { values } = parseArgs({
+    options: {
+      duration: { type: "string", default: String(DEFAULTS.duration) },
+      rounds: { type: "string", default: String(DEFAULTS.rounds) },
+      connections: { type: "string", default: "1,32" },
     },
-  };
+  });
+  const durationS = Number(values.duration);
+  const rounds = Number(values.rounds);
+  const connections = values.connections.split(",").map(Number);
+  if (!Number.isInteger(durationS) || durationS < 1 || durationS > 120) throw new Error("--duration: whole seconds, 1 to 120");
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) throw new Error("--rounds: 1 to 20 (3 or more for a median worth quoting)");
+  if (connections.some((count) => !Number.isInteger(count) || count < 1 || count > 1000)) throw new Error("--connections: a list like 1,32");
+  return { durationS, rounds, connections, short: durationS < DEFAULTS.duration || rounds < DEFAULTS.rounds };
+}
+
+/** nginx, caddy, wrk: installed from Debian by bench/setup.sh when missing (it does nothing otherwise). */
+function ensureTools() {
+  const setup = spawnSync("sh", [fileURLToPath(new URL("setup.sh", import.meta.url))], { stdio: "inherit" });
+  if (setup.status !== 0) throw new Error("bench/setup.sh failed: nginx, caddy and wrk are needed");
+}
+
+/** Every token gets the models JSON; a wrong bearer gets 401 (except from direct, which checks nothing). */
+async function preflight(target: Target) {
+  for (const token of target.tokens) {
+    const response = await fetch(target.url, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(10_000) });
+    const body = await response.text();
+    if (response.status !== 200 || body !== MODELS_BODY) throw new Error(`${target.name}: ${target.url} answered ${response.status} ${body.slice(0, 200)}`);
+  }
+  if (target.name === "direct") return;
+  const refused = await fetch(target.url, { headers: { authorization: `Bearer ${randomBearer()}` }, signal: AbortSignal.timeout(10_000) });
+  await refused.arrayBuffer();
+  if (refused.status !== 401) throw new Error(`${target.name}: an unknown bearer got ${refused.status}, not 401`);
+}
+
+async function measureStartup(nginxPort: number, ssePort: number): Promise<number[]> {
+  const stateDir = tempDir("halo-gate-bench-startup-");
+  const times: number[] = [];
+  for (let start = 0; start < STARTS; start++) {
+    const { serve, startupMs } = await startServeProcess({ name: "serve (start-up)", nginxPort, ssePort, stateDir });
+    await serve.stop();
+    times.push(startupMs);
+    console.log(`start-up ${start + 1}/${STARTS}: ${Math.round(startupMs)} ms`);
+  }
+  return times;
 }
 
 async function main() {
-  const upstream = await startUpstream();
-  const withQuotas = await startGateway(upstream.port, {});
-  const withoutQuotas = await startGateway(upstream.port, { quotas: false });
-  const edge = await startWorkerdEdge(withQuotas.core);
-  const auth = (gateway: Gateway) => ({ authorization: `Bearer ${gateway.token}` });
-  const scenarios: Array<[string, string, Record<string, string>]> = [
-    ["direct", `http://127.0.0.1:${upstream.port}/v1/models`, {}],
-    ["core-open", `${withQuotas.core}/studio/v1/models`, {}],
-    ["core-noquota", `${withoutQuotas.core}/v2/v1/models`, auth(withoutQuotas)],
-    ["core", `${withQuotas.core}/v2/v1/models`, auth(withQuotas)],
-    ["serve-open", `${withQuotas.url}/studio/v1/models`, {}],
-    ["serve-noquota", `${withoutQuotas.url}/v2/v1/models`, auth(withoutQuotas)],
-    ["serve", `${withQuotas.url}/v2/v1/models`, auth(withQuotas)],
-    ["workerd-edge", `${edge.url}/v2/v1/models`, auth(withQuotas)],
-  ];
-  const rows: Array<Record<string, string | number>> = [];
+  const settings = options();
+  cleanupOnSignals();
+  ensureTools();
+  const startedAt = new Date();
+  const boxBearers = Array.from({ length: 10 }, randomBearer);
+
+  const sseUpstream = await startSseUpstream();
   try {
-    for (const connections of CONNECTIONS) {
-      const measured = new Map<string, number>();
-      for (const [name, url, headers] of scenarios) {
-        const result = await run(url, headers, connections);
-        measured.set(name, result.rps);
-        rows.push({ scenario: name, connections, "req/s": Math.round(result.rps), "vs direct": (result.rps / measured.get("direct")!).toFixed(3), "p50 ms": result.p50, "p99 ms": result.p99, "non-2xx": result.bad });
+    const nginx = await startNginx(boxBearers);
+    const startupMs = await measureStartup(nginx.port, sseUpstream.port);
+    const caddy = await startCaddy(nginx.port, boxBearers);
+    const floor = await startFloor(nginx.port, boxBearers);
+    const servePorts = { nginxPort: nginx.port, ssePort: sseUpstream.port };
+    const serve = await startServe({ name: "serve", ...servePorts }, "halo-gate serve, quotas on (the production path), 10 invited users → nginx");
+    const serveNoQuota = await startServe({ name: "serve-noquota", ...servePorts, overrides: { quotas: false } }, "the same with `quotas = false` in HALO_CONFIG → nginx");
+    const targets: Target[] = [nginx, caddy, floor, serve, serveNoQuota];
+    for (const target of targets) await preflight(target);
+
+    const scripts = tempDir("halo-gate-bench-wrk-");
+    const script = new Map(targets.map((target) => [target.name, wrkScript(scripts, target.name, new URL(target.url).pathname, target.tokens)]));
+    const most = Math.max(...settings.connections);
+    for (const target of targets) await runWrk(target.url, script.get(target.name)!, most, 1); // warm-up, not recorded
+
+    const sseDirect = `http://127.0.0.1:${sseUpstream.port}/sse`;
+    const sseServe = `${serve.origin}/lemon/sse`;
+    const sseAuth = { authorization: `Bearer ${serve.tokens[0]}` };
+    await measureSse(sseDirect, {}, 2); // warm-up (connections, JIT), not recorded
+    await measureSse(sseServe, sseAuth, 2);
+
+    const data: BenchData = { settings, targets, load: [], sse: [], startupMs, rss: [] };
+    for (let round = 1; round <= settings.rounds; round++) {
+      for (const connections of settings.connections) {
+        for (const target of targets) {
+          const result = await runWrk(target.url, script.get(target.name)!, connections, settings.durationS);
+          data.load.push({ target: target.name, connections, round, result });
+          const errors = result.non2xx + result.socketErrors;
+          console.log(
+            `round ${round}/${settings.rounds} c=${connections} ${target.name.padEnd(13)} ${Math.round(result.rps).toString().padStart(6)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  errors ${errors}`,
+          );
+        }
       }
-      const ratio = (a: string, b: string) => (measured.get(a)! / measured.get(b)!).toFixed(2);
-      console.log(
-        `c=${connections}: quotas on/off ${ratio("serve", "serve-noquota")} (serve), ${ratio("core", "core-noquota")} (core); ` +
-          `auth/open ${ratio("core-noquota", "core-open")} (core); Node edge/workerd edge ${ratio("serve", "workerd-edge")}; serve/core ${ratio("serve", "core")}`,
-      );
+      await sleep(500); // let the last load's after-work (audit batches) settle
+      const sse = { direct: await measureSse(sseDirect, {}), serve: await measureSse(sseServe, sseAuth) };
+      data.sse.push(sse);
+      console.log(`round ${round}/${settings.rounds} SSE (${SSE_EVENTS} events): first event direct ${sse.direct.firstEventMs.toFixed(2)} ms, serve ${sse.serve.firstEventMs.toFixed(2)} ms; per event direct ${sse.direct.perEventMs.toFixed(2)} ms, serve ${sse.serve.perEventMs.toFixed(2)} ms`);
     }
-    console.table(rows);
-    const rss = withQuotas.rss();
-    console.log(`serve start-up to "listening": ${Math.round(withQuotas.startupMs)} ms (includes bundling the worker); RSS after the run: edge/launcher ${rss.edgeMb} MB + workerd ${rss.workerdMb} MB; ${DURATION_S} s per scenario`);
-    console.log(`rejected workerd edge: start-up to first answer ${Math.round(edge.startupMs)} ms; RSS after the run ${Math.round(rssKb(edge.process.pid!) / 1024)} MB (in addition to the same core)`);
+    data.rss = targets.map((target) => ({ target: target.name, processes: target.pids().flatMap(treeRss) }));
+
+    const markdown = renderReport(data, machineLine(startedAt, workerdBinary()));
+    console.log(`\n${markdown}`);
+    const results = fileURLToPath(new URL("RESULTS.md", import.meta.url));
+    writeFileSync(results, markdown);
+    console.log(`written to ${results}`);
   } finally {
-    edge.process.kill("SIGKILL");
+    await cleanupAll();
+    await sseUpstream.close();
   }
-  await withQuotas.stop();
-  await withoutQuotas.stop();
-  upstream.server.closeAllConnections();
-  upstream.server.close();
 }
 
-/** The rejected design: a standalone workerd edge worker that forwards to the core. */
-async function startWorkerdEdge(core: string): Promise<{ url: string; process: ChildProcess; startupMs: number }> {
-  const dir = mkdtempSync(join(tmpdir(), "halo-gate-edge-"));
-  const port = await freeLoopbackPort();
-  writeFileSync(
-    join(dir, "edge.js"),
-    `export default { async fetch(request, env) {
-      const headers = new Headers();
-      for (const [name, value] of request.headers) if (!/^(x[-_]halo[-_]|mf-|cf-)/i.test(name)) headers.append(name, value);
-      headers.set("x-halo-client-addr", String(request.cf?.clientIp ?? "unknown").replace(/:\\d+$/, ""));
-      const url = new URL(request.url);
-      return env.CORE.fetch(new Request("http://core" + url.pathname + url.search, { method: request.method, headers, body: request.body }));
-    } };`,
-  );
-  const { host, port: corePort } = new URL(core);
-  writeFileSync(
-    join(dir, "edge.capnp"),
-    `using Workerd = import "/workerd/workerd.capnp";
-const config :Workerd.Config = (
-  services = [ (name = "edge", worker = .edge), (name = "core", external = (address = "${host.split(":")[0]}:${corePort}", http = ())) ],
-  sockets = [ (name = "http", address = "127.0.0.1:${port}", http = (), service = "edge") ]
-);
-const edge :Workerd.Worker = (
-  modules = [ (name = "edge.js", esModule = embed "edge.js") ],
-  compatibilityDate = "2026-04-20",
-  bindings = [ (name = "CORE", service = "core") ]
-);`,
-  );
-  const started = performance.now();
-  const workerd = spawn(join(ROOT, "node_modules/.bin/workerd"), ["serve", join(dir, "edge.capnp")], { stdio: "ignore" });
-  for (let attempt = 0; attempt < 400; attempt++) {
-    try {
-      await fetch(`http://127.0.0.1:${port}/healthz`);
-      break;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-  }
-  return { url: `http://127.0.0.1:${port}`, process: workerd, startupMs: performance.now() - started };
-}
-
-await main();
+main().catch(async (error: unknown) => {
+  if (wasInterrupted()) return; // Ctrl-C: the signal handler cleans up and exits
+  console.error(`bench: ${error instanceof Error ? error.message : String(error)}`);
+  await cleanupAll();
+  process.exit(1);
+});
