@@ -52,6 +52,28 @@ export interface RuntimeInfo {
   public_url?: string;
   /** The served certificate, with `serve --tls`. */
   tls?: { fingerprint: string; self_signed: boolean; cert_path: string };
+  /**
+   * What the admin commands need of the running configuration, so they never read a wrangler.toml
+   * themselves (the running one may be any `--config` copy): written by serve from the config it
+   * validated and runs. Absent in the serve.json of an older serve.
+   */
+  config_path?: string;
+  login_server?: string;
+  max_users?: number;
+  routes?: RuntimeRoute[];
+}
+
+/** A route as the invite message needs it (no upstream). */
+export interface RuntimeRoute {
+  name: string;
+  path: string;
+  match: "prefix" | "exact";
+  host?: string;
+  auth: string;
+  scope: string | null;
+  metered: boolean;
+  /** A WebSocket route (ws:// or wss:// upstream). */
+  websocket: boolean;
 }
 
 export function writeRuntimeInfo(dir: string, info: RuntimeInfo): void {

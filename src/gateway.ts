@@ -1,17 +1,18 @@
 /**
- * The gateway as one Hono app. The compute hot path — route → bearer → scope → quota → forward →
- * release — reads top to bottom in `handleCompute`; everything it calls does one job in its own module.
+ * The gateway as one Hono app. The compute hot path — route → bearer → (token, scope and quota in
+ * one call to the user's Durable Object) → forward → release — reads top to bottom in
+ * `handleCompute`; everything it calls does one job in its own module.
  */
 import { Hono, type Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import packageJson from "../package.json";
 import { AUTH_AUDIT_FLUSH_MS, recordAuthDecision } from "./audit/auth-audit";
-import { AuthDenied, authenticate, type DenyReason } from "./auth/authenticate";
+import { AuthDenied, authDenied, identifyBearer, type DenyReason } from "./auth/authenticate";
 import { recordAuthFailure, throttledResponse } from "./auth/failed-auth-throttle";
-import { authenticateTicket, issueTicket, takeTicket, type TicketUse } from "./auth/ticket";
-import { D1TokenStore, type TokenRecord } from "./auth/token-store";
-import type { GatewayConfig, RouteConfig } from "./config/schema";
+import { issueTicket, takeTicket, verifyTicket, type TicketClaims } from "./auth/ticket";
+import { D1TokenStore, type TokenIdentity } from "./auth/token-store";
+import type { GatewayConfig, RouteConfig, UserLimits } from "./config/schema";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
 import { errorResponse, errors } from "./http/errors";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
@@ -19,11 +20,11 @@ import { requestGuard, type GuardVariables } from "./http/request-guard";
 import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText } from "./proxy/forward";
 import { matchRoute } from "./proxy/routes";
-import { DurableObjectQuota, userQuota } from "./quota/durable-object-quota";
+import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
-import { effectiveLimits } from "./quota/limits";
-import { unlimitedQuota, type QuotaService } from "./quota/quota";
-import { endSlotWhenDone, holdSlot } from "./quota/slot";
+import type { Admission, AuthorizeRequest, QuotaService } from "./quota/quota";
+import { holdSlot, watchBody } from "./quota/slot";
+import { relayWebSocket } from "./proxy/websocket-relay";
 import { isStorageFailure } from "./storage/failure";
 import { storageWritable } from "./storage/health";
 
@@ -40,17 +41,23 @@ export interface GatewayOptions {
 
 const ticketRequest = z.strictObject({ scope: z.string().max(32).optional() });
 
-/** Single use of tickets, recorded in the ticket owner's UserQuota Durable Object. */
-const ticketUses = (env: Env): TicketUse => ({
-  consume: (handle, jti, expiresAt) => userQuota(env.USER_QUOTA, handle).consumeTicket(jti, expiresAt),
-});
+/** A request whose token is good: its quota decision (null when only the token was asked about). */
+interface Authorized {
+  token: TokenIdentity;
+  quota: QuotaService;
+  admission: Admission | null;
+  limits: UserLimits | null;
+}
+
+/** Methods that submit work; they hold a concurrent slot (see handleCompute). */
+const SUBMITS_WORK: ReadonlySet<string> = new Set(["POST", "PUT", "PATCH"]);
 
 /** Failures that probe the token store; a valid token on the wrong route is not one. */
 const PROBING: ReadonlySet<DenyReason> = new Set(["malformed", "unknown", "revoked", "expired"]);
 
 export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Hono<GatewayEnv> {
   const now = options.now ?? Date.now;
-  const quotaFor = options.quota ?? (config.quotas ? (env: Env) => new DurableObjectQuota(env.USER_QUOTA) : () => unlimitedQuota);
+  const quotaFor = options.quota ?? ((env: Env) => new DurableObjectQuota(env.USER_QUOTA));
   const auditFlushMs = options.auditFlushMs ?? AUTH_AUDIT_FLUSH_MS;
   const app = new Hono<GatewayEnv>();
 
@@ -67,26 +74,50 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.get("/_halo/connect.js", (c) => c.body(CONNECT_JS, 200, { ...PAGE_HEADERS, "content-type": "text/javascript; charset=utf-8" }));
   app.get("/_halo/connect.css", (c) => c.body(CONNECT_CSS, 200, { ...PAGE_HEADERS, "content-type": "text/css; charset=utf-8" }));
   app.post("/auth/ticket", handleTicket);
+  // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
+  app.get("/api/me", async (c) => {
+    const { token, quota } = await authorizeRequest(c, { name: "api/me", scope: null }, null, false);
+    const profile = await quota.profile(token, now(), config.limits, config.timezone);
+    if (!profile) throw errors.invalidToken();
+    return c.json(profile, 200, NO_STORE);
+  });
   app.all("*", handleCompute);
 
   /**
-   * Steps 1–2 of every authenticated request, audited: an address that keeps failing is refused
-   * before the token store is touched; then bearer (or a single-use ticket) → token → scope.
+   * Steps 1–3 of every authenticated request, audited: an address that keeps failing is refused
+   * before the token store is touched; then which token (bearer, or a single-use ticket); then one
+   * call to the user's object confirms the token is current and scoped and, with `admit`, admits
+   * the request. If the object cannot answer, fail closed.
    */
-  async function authenticateRequest(c: Context<GatewayEnv>, routeName: string, scope: string, client: string, ticket: string | null): Promise<TokenRecord> {
+  async function authorizeRequest(
+    c: Context<GatewayEnv>,
+    route: { name: string; scope: string | null },
+    ticket: string | null,
+    admit: AuthorizeRequest["admit"],
+  ): Promise<Authorized> {
+    const client = c.var.peer.address;
     const throttled = client === UNKNOWN_CLIENT ? null : throttledResponse(client, now());
     if (throttled) throw new HTTPException(429, { res: throttled });
     const store = new D1TokenStore(c.env.DB);
+    const quota = quotaFor(c.env);
+    let token: TokenIdentity | null = null;
     try {
-      const token =
-        ticket === null
-          ? await authenticate(c.req.header("authorization") ?? null, scope, store, now())
-          : await authenticateTicket(ticket, scope, c.env.TICKET_SECRET, store, ticketUses(c.env), now());
+      let claims: TicketClaims | null = null;
+      if (ticket === null) token = await identifyBearer(c.req.header("authorization") ?? null, store);
+      else token = claims = await verifyTicket(ticket, route.scope ?? "", c.env.TICKET_SECRET, now());
+      const request: AuthorizeRequest = { token, scope: route.scope, now: now(), admit, ...(claims ? { ticket: { jti: claims.jti, expiresAt: claims.expiresAt } } : {}) };
+      const decision = await quota.authorize(request).catch((error: unknown) => {
+        if (isStorageFailure(error)) throw error; // it can answer, but not write: onError says so
+        console.error(`halo-gate: quota service failed for ${token!.handle}: ${error instanceof Error ? error.message : String(error)}`);
+        throw errors.quotaUnavailable();
+      });
+      // A ticket already used is as good as none: the same 401 as an unknown token.
+      if (!decision.ok) throw authDenied(decision.reason === "ticket_used" ? "unknown" : decision.reason, route.scope ?? "", token);
       c.executionCtx.waitUntil(store.touch(token.tokenId, now()).catch(logStorageFailure("last_used_at")));
-      return token;
+      return { token, quota, admission: decision.admission, limits: decision.limits };
     } catch (error) {
       if (!(error instanceof AuthDenied)) throw error;
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: routeName, status: error.response.status, client }, auditFlushMs);
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: route.name, status: error.response.status, client }, auditFlushMs);
       if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()).catch(logStorageFailure("failed-auth throttle")));
       throw error;
     }
@@ -102,7 +133,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     }
     if (!c.env.TICKET_SECRET) throw errors.ticketsDisabled();
     const client = c.var.peer.address;
-    const token = await authenticateRequest(c, "auth/ticket", scope, client, null);
+    const { token } = await authorizeRequest(c, { name: "auth/ticket", scope }, null, false);
     recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client }, auditFlushMs);
     return c.json(await issueTicket(c.env.TICKET_SECRET, token, scope, now()), 201, { "cache-control": "no-store" });
   }
@@ -125,22 +156,20 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     };
     if (route.scope === null) return forward(request, { ...forwardOptions, identity: null });
 
-    // 1–2. Throttle → bearer (or ticket) → token (one D1 lookup: current, unexpired, unrevoked) → scope.
+    // 1–3. Throttle → bearer (or ticket) → one call to the user's object: token, scope, quota.
     const audit = { route: route.name, client };
-    const token = await authenticateRequest(c, route.name, route.scope, client, ticket);
-    const identity = { handle: token.handle, tokenId: token.tokenId };
-
-    // 3. Quota: one Durable Object call admits with every check at once. If it cannot answer, fail closed.
-    const limits = effectiveLimits(config, token.limits);
-    const quota = quotaFor(c.env);
     // Only LLM generation endpoints spend (and are held back by) the daily token quota.
     const metered = route.metered && request.method === "POST" && METERED_ENDPOINTS.test(c.var.canonicalPath);
-    const admitRequest = { handle: token.handle, limits, timezone: config.timezone, now: now(), leaseMs: config.quota_lease_ms, metered };
-    const admission = await quota.admit(admitRequest).catch((error: unknown) => {
-      if (isStorageFailure(error)) throw error; // it can answer, but not write: onError says so
-      console.error(`halo-gate: quota service failed for ${identity.handle}: ${error instanceof Error ? error.message : String(error)}`);
-      throw errors.quotaUnavailable();
-    });
+    // Work holds one of the user's concurrent slots (generation, image generation, uploads, sockets);
+    // reads (GET /v1/models, HEAD, OPTIONS) are governed by the rate bucket alone (issue 9).
+    const webSocket = c.req.header("upgrade")?.toLowerCase() === "websocket";
+    const holdsSlot = webSocket || SUBMITS_WORK.has(request.method);
+    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot, enforce: config.quotas };
+    const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, ticket, admit);
+    const { token, quota } = authorized;
+    // Asked to admit, the object always answers with an admission and the user's limits.
+    const [admission, limits] = [authorized.admission!, authorized.limits!];
+    const identity = { handle: token.handle, tokenId: token.tokenId };
     if (!admission.admitted) {
       recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit }, auditFlushMs);
       return quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
@@ -150,7 +179,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const tally: UsageTally = { reported: null, deltas: 0 };
     const slot = holdSlot({
       quota,
-      handle: token.handle,
+      token,
       leaseId: admission.leaseId,
       leaseMs: config.quota_lease_ms,
       timezone: config.timezone,
@@ -159,7 +188,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       waitUntil: (promise) => c.executionCtx.waitUntil(promise),
       onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit }, auditFlushMs),
     });
-    request.signal?.addEventListener("abort", () => slot.end(0), { once: true });
+    request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
     let upstream: Response;
     let plan: MeterPlan = { dropInjectedUsage: false };
     try {
@@ -169,19 +198,28 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       upstream = await forward(request, { ...forwardOptions, identity, bodyOverride });
       slot.upstreamLatencyMs = Date.now() - started;
     } catch (error) {
-      slot.end(error instanceof HTTPException ? error.status : 502);
+      void slot.end(error instanceof HTTPException ? error.status : 502);
       throw error;
     }
     const headers = new Headers(upstream.headers);
     for (const [name, value] of Object.entries(quotaHeaders(limits, admission.state))) headers.set(name, value);
-    if (upstream.status === 101 || !upstream.body) {
-      // A WebSocket holds no request slot once upgraded (it would block the user's LLM use).
-      slot.end(upstream.status);
-      return new Response(upstream.body, { status: upstream.status, headers, webSocket: upstream.webSocket ?? null });
+    // A WebSocket holds its slot for its life, and is closed if the token is revoked (issue 9).
+    if (upstream.status === 101 && upstream.webSocket) {
+      const relay = relayWebSocket(upstream.webSocket, slot.revoked);
+      c.executionCtx.waitUntil(relay.closed.then(() => slot.end(101)));
+      return new Response(null, { status: 101, headers, webSocket: relay.client });
     }
-    // Only generation endpoints are read for usage; every body is watched for its end (the release).
+    // The slot ends at the headers when the work is done by then: no body, or a fixed-length body
+    // that is not metered (issue 8: the body is then handed through untouched, no stream between).
+    if (!upstream.body || (!metered && upstream.headers.has("content-length"))) {
+      void slot.end(upstream.status);
+      return new Response(upstream.body, { status: upstream.status, statusText: upstream.statusText, headers, webSocket: upstream.webSocket ?? null });
+    }
+    // Only generation endpoints are read for usage; every other stream passes a native pipe that
+    // ends the slot when the body ends, however it ends.
     const delivered = metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)) : upstream.body;
-    const body = delivered.pipeThrough(endSlotWhenDone(slot, upstream.status));
+    const sse = (upstream.headers.get("content-type") ?? "").startsWith("text/event-stream");
+    const body = watchBody(delivered, slot, upstream.status, { signal: request.signal, waitUntil: (promise) => c.executionCtx.waitUntil(promise), sse });
     return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
 

@@ -15,7 +15,7 @@ import { startEdge, type Edge, type TlsCredentials } from "../serve/edge";
 import { servedHosts } from "../serve/edge-screen";
 import type { TlsMaterial } from "../serve/tls";
 import { childPids, reapOrphan } from "../serve/orphans";
-import { loadWorkerConfig, PROJECT_ROOT } from "../serve/worker-config";
+import { loadWorkerConfig, PROJECT_ROOT, runtimeConfig } from "../serve/worker-config";
 import { ensureStateDir, loadOrCreateOperatorToken, readRuntimeInfo, removeRuntimeInfo, sha256Hex, writeRuntimeInfo } from "../state";
 
 function isAlive(pid: number): boolean {
@@ -105,7 +105,7 @@ export async function serve(options: ServeOptions): Promise<number> {
     }
     const hosts = servedHosts({ bindHost: bind.host, tlsNames: options.tls.names, config: worker.config });
     try {
-      edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret, config: worker.config, hosts, tls: tls && credentials(tls) });
+      edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret, config: worker.config, hosts, tls: tls && credentials(tls), stateDir: options.stateDir });
     } catch (error) {
       throw new CliError(`cannot listen on ${formatHostPort(bind.host, bind.port)}: ${(error as Error).message}`);
     }
@@ -129,6 +129,7 @@ export async function serve(options: ServeOptions): Promise<number> {
     core: core.gatewayUrl.origin,
     started_at: new Date().toISOString(),
     ...(worker.config.public_url ? { public_url: worker.config.public_url } : {}),
+    ...runtimeConfig(worker),
     ...(tls ? { tls: { fingerprint: tls.fingerprint, self_signed: tls.selfSigned, cert_path: tls.certPath } } : {}),
   });
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);

@@ -1,6 +1,6 @@
 /** Bundles the worker for workerd the way wrangler does (ESM, workerd conditions, cloudflare:* external). */
 import { join } from "node:path";
-import { build } from "esbuild";
+import { build, stop } from "esbuild";
 
 export async function bundleWorker(entry: string, outDir: string): Promise<string> {
   const outfile = join(outDir, "worker.mjs");
@@ -16,5 +16,7 @@ export async function bundleWorker(entry: string, outDir: string): Promise<strin
     external: ["cloudflare:*"],
     logLevel: "error",
   });
+  // esbuild keeps a ~45 MB helper process for later builds; serve builds once (issue 8).
+  await stop();
   return outfile;
 }

@@ -25,6 +25,8 @@ export interface Refusal {
   code: string;
   message: string;
   headers?: Record<string, string>;
+  /** A body other than the error shape (e.g. `/healthz`'s own). */
+  body?: unknown;
 }
 
 export const refusalBody = (refusal: Pick<Refusal, "status" | "code" | "message">) =>

@@ -16,12 +16,13 @@
  */
 import { createServer as createHttpServer, ServerResponse, type IncomingMessage, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
+import { statfsSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import type { Socket } from "node:net";
 import { Pool, type Dispatcher } from "undici";
 import type { GatewayConfig } from "../../src/config/schema";
 import { canonicalName, HOP_BY_HOP } from "../../src/proxy/headers";
-import { declaredBody, isWebSocketUpgrade, refusalBody, screenRequest, type Refusal } from "./edge-screen";
+import { declaredBody, isWebSocketUpgrade, refusalBody, routeOf, screenRequest, type Refusal } from "./edge-screen";
 
 /** Bounds on what one client can hold (issue 7: 520 slow uploads from one peer stopped the gateway). */
 export interface EdgeLimits {
@@ -66,7 +67,18 @@ export interface EdgeOptions {
   hosts: ReadonlySet<string>;
   tls?: TlsCredentials | undefined;
   limits?: Partial<EdgeLimits>;
+  /** The state dir: while its filesystem is (nearly) full, what needs storage gets 503. */
+  stateDir?: string;
 }
+
+/**
+ * Below this much free space on the state dir's filesystem the gateway stops taking requests that
+ * write (issue 7). SQLite only fails a write when its WAL must grow, so on a full disk a write may
+ * or may not fail depending on the WAL's slack; watching the free space makes "full" one clear,
+ * early state instead: authenticated requests and tickets get 503 `storage_unavailable`,
+ * `/healthz` says unhealthy, and both recover within a second of space coming back.
+ */
+export const STORAGE_RESERVE_BYTES = 16 * 1024 * 1024;
 
 export interface Edge {
   server: Server;
@@ -117,7 +129,7 @@ function sendRefusal(response: ServerResponse, refusal: Refusal, close = false) 
     return;
   }
   if (close) response.shouldKeepAlive = false;
-  const body = refusalBody(refusal);
+  const body = refusal.body ? JSON.stringify(refusal.body) : refusalBody(refusal);
   response.writeHead(refusal.status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body), "cache-control": "no-store", ...refusal.headers });
   response.end(body);
 }
@@ -139,6 +151,21 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   };
   let active = 0;
   let stopping = false;
+  let storageFull = false;
+  const watchStorage = () => {
+    if (!options.stateDir) return;
+    try {
+      const stats = statfsSync(options.stateDir);
+      const full = stats.bavail * stats.bsize < STORAGE_RESERVE_BYTES;
+      if (full !== storageFull) console.error(full ? `halo-gate: the state dir's disk is full (< ${STORAGE_RESERVE_BYTES >> 20} MiB free): refusing requests that write` : "halo-gate: the state dir's disk has room again");
+      storageFull = full;
+    } catch {
+      // statfs itself failing is no reason to refuse traffic; the core's own errors still answer 503.
+    }
+  };
+  watchStorage();
+  const storageWatch = setInterval(watchStorage, 1_000);
+  storageWatch.unref();
 
   const serverOptions = {
     headersTimeout: limits.headersTimeoutMs,
@@ -187,10 +214,20 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     server.emit("request", request, response);
   });
 
+  /** On a full disk: what writes (authenticated routes, tickets) is refused, and health says so. */
+  function storageRefusal(request: IncomingMessage): Refusal | undefined {
+    const path = request.url!.split("?")[0]!;
+    const retry = { "retry-after": "5" };
+    if (path === "/healthz") return { status: 503, code: "storage_unavailable", message: "unhealthy: the state dir's disk is full", headers: retry, body: { status: "unhealthy", reason: "storage" } };
+    const writes = path === "/auth/ticket" || (routeOf(request, options.config.routes)?.auth ?? "none") !== "none";
+    if (!writes) return undefined;
+    return { status: 503, code: "storage_unavailable", message: "The gateway cannot write its records right now (its disk is full); try again shortly.", headers: retry };
+  }
+
   /** One client request → one freshly framed core request. `upgradeSocket` is set for WebSocket handshakes. */
   function handle(request: IncomingMessage, response: ServerResponse, upgradeSocket: { socket: Duplex; head: Buffer } | null) {
     if (stopping) response.shouldKeepAlive = false;
-    const refusal = screenRequest(request, { hosts: options.hosts, bodyLimitBytes: options.config.body_limit_bytes });
+    const refusal = screenRequest(request, { hosts: options.hosts, bodyLimitBytes: options.config.body_limit_bytes }) ?? (storageFull ? storageRefusal(request) : undefined);
     if (refusal) {
       sendRefusal(response, refusal, true);
       request.resume();
@@ -375,6 +412,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       }
       server.closeAllConnections();
       for (const tunnel of tunnels) tunnel.destroy();
+      clearInterval(storageWatch);
       await pool.destroy();
       await closed;
     },

@@ -6,28 +6,33 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { auditRecord, readAudit } from "../audit/audit-log";
-import { parseDuration } from "../config/duration";
-import { HANDLE_PATTERN, type GatewayConfig } from "../config/schema";
+import { durationProblem, MAX_TTL, parseDuration } from "../config/duration";
+import { boundedNumber, HANDLE_PATTERN, HANDLE_RULE, LIMIT_BOUNDS, SCOPE_PATTERN, type GatewayConfig } from "../config/schema";
 import { errorResponse, errors, gatewayError } from "../http/errors";
-import { usageSnapshot } from "../quota/durable-object-quota";
+import { usageSnapshot, userQuotaStub } from "../quota/durable-object-quota";
 import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
 import { importBearers } from "./import-bearers";
 import { inviteUser, listUsers, revokeUser, rotateUser, updateUser } from "./users";
 
-const handle = z.string().regex(HANDLE_PATTERN, "a handle is 1–32 of a-z 0-9 . _ - and starts with a letter or digit");
-const scopes = z.array(z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/)).min(1);
-const ttl = z.string().refine((text) => parseDuration(text) !== undefined, "ttl must be like 10d, 24h or 30m");
+const handle = z.string().regex(HANDLE_PATTERN, `a handle is ${HANDLE_RULE}`);
+const scopes = z.array(z.string().regex(SCOPE_PATTERN)).min(1);
+// Capped: an overlong ttl would put the expiry beyond what a date can hold.
+const ttl = z.string().superRefine((text, ctx) => {
+  const problem = durationProblem(text, MAX_TTL);
+  if (problem) ctx.addIssue({ code: "custom", message: `ttl ${problem}` });
+});
 const limits = {
-  rps: z.number().positive().max(10_000).optional(),
-  burst: z.number().int().positive().max(100_000).optional(),
-  streams: z.number().int().positive().max(1_000).optional(),
-  daily_tokens: z.number().int().nonnegative().optional(),
+  rps: boundedNumber(LIMIT_BOUNDS.rps).optional(),
+  burst: boundedNumber(LIMIT_BOUNDS.burst).optional(),
+  streams: boundedNumber(LIMIT_BOUNDS.streams).optional(),
+  daily_tokens: boundedNumber(LIMIT_BOUNDS.daily_tokens).optional(),
 };
 const inviteBody = z.strictObject({ handle, scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
 const updateBody = z.strictObject({ scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
 const importBody = z.strictObject({ content: z.string().max(4 * 1024 * 1024), scopes: scopes.optional() });
-const auditQuery = z.strictObject({ since: z.iso.datetime({ offset: true, local: false }).optional() });
+/** A time with a zone, or a date alone (its midnight UTC). */
+const auditQuery = z.strictObject({ since: z.union([z.iso.datetime({ offset: true, local: false }), z.iso.date()]).optional() });
 
 async function body<T extends z.ZodType>(request: Request, schema: T): Promise<z.output<T>> {
   let raw: unknown;
@@ -84,25 +89,42 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
       },
       now(),
     );
+    await userQuotaStub(c.env.USER_QUOTA, input.handle).reload();
     return c.json(issued, 201);
   });
 
-  admin.post("/users/:handle/revoke", async (c) => c.json(await revokeUser(c.env.DB, handleParam(c.req.param("handle")), now())));
-  admin.post("/users/:handle/rotate", async (c) => c.json(await rotateUser(c.env.DB, handleParam(c.req.param("handle")), now())));
+  // The user's object decides on every request (issue 8), so each change reaches it before the
+  // command returns: a revocation first (if D1 then fails, the token is refused all the same),
+  // the other changes right after D1 has them.
+  admin.post("/users/:handle/revoke", async (c) => {
+    const handle = handleParam(c.req.param("handle"));
+    await userQuotaStub(c.env.USER_QUOTA, handle).revoke(handle);
+    return c.json(await revokeUser(c.env.DB, handle, now()));
+  });
+  admin.post("/users/:handle/rotate", async (c) => {
+    const handle = handleParam(c.req.param("handle"));
+    const rotated = await rotateUser(c.env.DB, handle, now());
+    await userQuotaStub(c.env.USER_QUOTA, handle).reload();
+    return c.json(rotated);
+  });
 
   admin.patch("/users/:handle", async (c) => {
     const input = await body(c.req.raw, updateBody);
+    const target = handleParam(c.req.param("handle"));
+    // An update changes only what it is given: a new rate keeps the user's current burst.
+    const burst = input.burst ?? (input.rps === undefined ? undefined : (await listUsers(c.env.DB, config, now())).find((user) => user.handle === target)?.limits.burst);
     const user = await updateUser(
       c.env.DB,
       config,
-      handleParam(c.req.param("handle")),
+      target,
       {
         scopes: input.scopes,
         ttlMs: input.ttl ? parseDuration(input.ttl) : undefined,
-        limits: { rps: input.rps, burst: input.burst, streams: input.streams, daily_tokens: input.daily_tokens },
+        limits: { rps: input.rps, burst, streams: input.streams, daily_tokens: input.daily_tokens },
       },
       now(),
     );
+    await userQuotaStub(c.env.USER_QUOTA, user.handle).reload();
     return c.json(user);
   });
 
@@ -114,7 +136,7 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
   /** NDJSON, one event a line, oldest first; read in pages so a large log never sits in memory. */
   admin.get("/audit", async (c) => {
     const query = auditQuery.safeParse(c.req.query());
-    if (!query.success) throw errors.badRequest("since must be an ISO 8601 time such as 2026-11-01T00:00:00Z.", "invalid_since");
+    if (!query.success) throw errors.badRequest("since must be a date (2026-11-01) or an ISO 8601 time such as 2026-11-01T00:00:00Z.", "invalid_since");
     const since = query.data.since ? Date.parse(query.data.since) : 0;
     const db = c.env.DB;
     const encoder = new TextEncoder();

@@ -266,6 +266,6 @@ export async function listUsers(db: D1Database, config: GatewayConfig, now: numb
     expires_at: iso(row.expires_at),
     revoked_at: isoOrNull(row.revoked_at),
     last_used_at: isoOrNull(row.last_used_at),
-    limits: effectiveLimits(config, stripNulls(row)),
+    limits: effectiveLimits(config.limits, stripNulls(row)),
   }));
 }

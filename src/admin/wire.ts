@@ -40,7 +40,8 @@ export interface MalformedLine {
 export interface ImportReport {
   imported: Array<{ line: number; handle: string; token_id: string; status: TokenStatus }>;
   skipped: Array<{ line: number; handle: string; reason: string }>;
-  refused: Array<{ line: number; handle: string; reason: string }>;
+  /** `code`: `revoked_after_issue` (the handle was revoked after the line was issued), or the admin API's refusal code (`seats_full`, `handle_active`). */
+  refused: Array<{ line: number; handle: string; reason: string; code: string }>;
   malformed: MalformedLine[];
 }
 

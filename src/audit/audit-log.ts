@@ -2,6 +2,8 @@
  * The audit log in D1. Admin actions are written in the same transaction as the change they record
  * (so before the command returns); auth decisions are buffered per isolate and flushed off the
  * request path within about a second. Rows carry the token_id, never a token or its hash.
+ * A row stands for `count` events (migrations/0003): 1 for every row but aggregated denials, which
+ * carry the number of identical denials in their window (src/audit/auth-audit.ts).
  */
 export type AuditKind = "admin" | "auth" | "cron";
 
@@ -37,6 +39,20 @@ export function conditionalAuditStatement(
     .bind(...auditValues(event), ...conditionValues);
 }
 
+/**
+ * One row for `count` identical events of one aggregation window: the first flush of the window
+ * inserts it, later flushes (from any isolate) add to its count. `aggregateKey` names the window and
+ * everything the events share; it is never NULL here, so the partial unique index always applies.
+ */
+export function aggregatedAuditStatement(db: D1Database, event: AuditEvent, count: number, aggregateKey: string): D1PreparedStatement {
+  return db
+    .prepare(
+      `INSERT INTO audit (${COLUMNS}, count, aggregate_key) VALUES (${PARAMS}, ?11, ?12)
+       ON CONFLICT (aggregate_key) WHERE aggregate_key IS NOT NULL DO UPDATE SET count = count + excluded.count`,
+    )
+    .bind(...auditValues(event), count, aggregateKey);
+}
+
 function auditValues(event: AuditEvent) {
   return [
     event.at,
@@ -64,6 +80,10 @@ export interface AuditRow {
   client: string | null;
   reason: string | null;
   detail: string | null;
+  /** How many events this row stands for (1 unless it aggregates denials). */
+  count: number;
+  /** Internal: the aggregation window and key of an aggregated row, NULL otherwise. Not exported. */
+  aggregate_key?: string | null;
 }
 
 /** Rows at or after `since`, oldest first, in pages (the export streams them as NDJSON). */
@@ -88,6 +108,7 @@ export function auditRecord(row: AuditRow) {
     status: row.status,
     client: row.client,
     reason: row.reason,
+    count: row.count ?? 1,
     ...(row.detail ? { detail: JSON.parse(row.detail) as unknown } : {}),
   };
 }

@@ -2,12 +2,12 @@
  * Short-lived WebSocket tickets (SPEC §4): browsers cannot set `Authorization` on a WebSocket, so
  * `POST /auth/ticket` (bearer) returns a signed ticket — HS256 via jose, at most 60 s, one scope,
  * single use — accepted as `?ticket=` on `bearer_or_ticket` routes. A ticket is only as good as its
- * token: the token is checked again (revoked or expired → refused) when the ticket is used.
+ * token: the token is checked again (revoked or expired → refused) when the ticket is used, in the
+ * same Durable Object call that admits the upgrade and marks the ticket used (only when admitted).
  */
 import { jwtVerify, SignJWT } from "jose";
-import { errors } from "../http/errors";
-import { AuthDenied } from "./authenticate";
-import type { TokenRecord, TokenStore } from "./token-store";
+import { authDenied, type AuthDenied } from "./authenticate";
+import type { TokenIdentity } from "./token-store";
 
 export const TICKET_TTL_SECONDS = 60;
 const AUDIENCE = "halo-gate:ticket";
@@ -15,7 +15,7 @@ const ISSUER = "halo-gate";
 
 const key = (secret: string) => new TextEncoder().encode(secret);
 
-export async function issueTicket(secret: string, token: TokenRecord, scope: string, now: number) {
+export async function issueTicket(secret: string, token: TokenIdentity, scope: string, now: number) {
   const issuedAt = Math.floor(now / 1000);
   const expiresAt = issuedAt + TICKET_TTL_SECONDS;
   const ticket = await new SignJWT({ scope, tid: token.tokenId })
@@ -40,20 +40,15 @@ export function takeTicket(rawQuery: string): { ticket: string | null; rest: str
   return { ticket: decodeURIComponent(ticketPart.slice(7)), rest: rest.length ? `?${rest.join("&")}` : "" };
 }
 
-export interface TicketUse {
-  /** Marks the ticket's id used; false when it already was (single use). */
-  consume(handle: string, jti: string, expiresAt: number): Promise<boolean>;
+/** What a verified ticket names: the token it stands for, and its single-use id. */
+export interface TicketClaims extends TokenIdentity {
+  jti: string;
+  expiresAt: number;
 }
 
-export async function authenticateTicket(
-  ticket: string,
-  requiredScope: string,
-  secret: string | undefined,
-  store: TokenStore,
-  uses: TicketUse,
-  now: number,
-): Promise<TokenRecord> {
-  const invalid = () => new AuthDenied("unknown", errors.invalidToken().getResponse());
+/** Verifies a ticket's signature, audience, age and scope; the token itself is checked by the caller. */
+export async function verifyTicket(ticket: string, requiredScope: string, secret: string | undefined, now: number): Promise<TicketClaims> {
+  const invalid = (): AuthDenied => authDenied("unknown", requiredScope);
   if (!secret) throw invalid();
   let claims;
   try {
@@ -68,12 +63,7 @@ export async function authenticateTicket(
   } catch {
     throw invalid();
   }
-  if (claims.scope !== requiredScope) throw new AuthDenied("scope", errors.insufficientScope(requiredScope).getResponse());
-  if (typeof claims.tid !== "string" || !(await uses.consume(claims.sub!, claims.jti!, claims.exp! * 1000))) throw invalid();
-  const token = await store.findById(claims.tid);
-  if (!token) throw invalid();
-  if (token.revokedAt !== null) throw new AuthDenied("revoked", errors.invalidToken().getResponse(), token);
-  if (now >= token.expiresAt) throw new AuthDenied("expired", errors.invalidToken().getResponse(), token);
-  if (!token.scopes.includes(requiredScope)) throw new AuthDenied("scope", errors.insufficientScope(requiredScope).getResponse(), token);
-  return token;
+  if (claims.scope !== requiredScope) throw authDenied("scope", requiredScope);
+  if (typeof claims.tid !== "string") throw invalid();
+  return { tokenId: claims.tid, handle: claims.sub!, jti: claims.jti!, expiresAt: claims.exp! * 1000 };
 }

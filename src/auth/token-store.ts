@@ -1,12 +1,21 @@
 /**
- * The token store: D1, because revocation must be read-your-writes (KV is eventually consistent).
- * The hot path needs one indexed lookup by hash; admin operations live in src/admin.
+ * The token store: D1, the durable record (revocation must be read-your-writes; KV is eventually
+ * consistent). The hot path reads it at most once per token per isolate (issue 8):
+ *   - `identify`: hash → (token id, handle). That pair never changes once a token is issued, so a
+ *     found one is cached in the isolate; an unknown hash is never cached, so every guess costs a
+ *     lookup and counts for the failed-auth throttle.
+ *   - whether the token is still good (revoked, expired, scopes, the user's limits) is decided by
+ *     the user's `UserQuota` Durable Object, which loads the user's tokens with `tokensOf` and is
+ *     told of every change by the admin API before it returns.
  */
 import type { LimitOverrides } from "../quota/limits";
 
-export interface TokenRecord {
+export interface TokenIdentity {
   tokenId: string;
   handle: string;
+}
+
+export interface TokenRecord extends TokenIdentity {
   scopes: string[];
   issuedAt: number;
   expiresAt: number;
@@ -16,10 +25,10 @@ export interface TokenRecord {
 }
 
 export interface TokenStore {
-  /** The token with this SHA-256 hash, whatever its state, or null. */
-  findByHash(tokenHash: string): Promise<TokenRecord | null>;
-  /** The token with this non-secret id, whatever its state, or null. */
-  findById(tokenId: string): Promise<TokenRecord | null>;
+  /** The token id and owner of this SHA-256 hash, whatever the token's state, or null. */
+  identify(tokenHash: string): Promise<TokenIdentity | null>;
+  /** Every token of a user, whatever its state, with the user's limits. */
+  tokensOf(handle: string): Promise<TokenRecord[]>;
   /** Record use; cheap to call on every request (writes at most about once a minute per token). */
   touch(tokenId: string, now: number): Promise<void>;
 }
@@ -34,30 +43,36 @@ interface TokenRow extends LimitOverrides {
 }
 
 const TOUCH_INTERVAL_MS = 60_000;
+/** Bounds of the per-isolate maps; a forgotten entry only costs one lookup or one write. */
+const MAX_CACHED = 10_000;
 /** Per-isolate memory of the last `last_used_at` write, so the write happens about once a minute. */
 const lastTouched = new Map<string, number>();
+/** Per-isolate hash → identity, positives only (see above). */
+const identities = new Map<string, TokenIdentity>();
 
 export class D1TokenStore implements TokenStore {
   constructor(private readonly db: D1Database) {}
 
-  findByHash(tokenHash: string): Promise<TokenRecord | null> {
-    return this.findWhere("t.token_hash = ?1", tokenHash);
+  async identify(tokenHash: string): Promise<TokenIdentity | null> {
+    const cached = identities.get(tokenHash);
+    if (cached) return cached;
+    const row = await this.db.prepare("SELECT token_id, handle FROM tokens WHERE token_hash = ?1").bind(tokenHash).first<{ token_id: string; handle: string }>();
+    if (!row) return null;
+    if (identities.size >= MAX_CACHED) identities.clear();
+    const identity = { tokenId: row.token_id, handle: row.handle };
+    identities.set(tokenHash, identity);
+    return identity;
   }
 
-  findById(tokenId: string): Promise<TokenRecord | null> {
-    return this.findWhere("t.token_id = ?1", tokenId);
-  }
-
-  private async findWhere(condition: string, value: string): Promise<TokenRecord | null> {
-    const row = await this.db
+  async tokensOf(handle: string): Promise<TokenRecord[]> {
+    const { results } = await this.db
       .prepare(
         `SELECT t.token_id, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, u.rps, u.burst, u.streams, u.daily_tokens
-         FROM tokens t JOIN users u ON u.handle = t.handle WHERE ${condition}`,
+         FROM tokens t JOIN users u ON u.handle = t.handle WHERE t.handle = ?1`,
       )
-      .bind(value)
-      .first<TokenRow>();
-    if (!row) return null;
-    return {
+      .bind(handle)
+      .all<TokenRow>();
+    return results.map((row) => ({
       tokenId: row.token_id,
       handle: row.handle,
       scopes: JSON.parse(row.scopes) as string[],
@@ -65,14 +80,14 @@ export class D1TokenStore implements TokenStore {
       expiresAt: row.expires_at,
       revokedAt: row.revoked_at,
       limits: { rps: row.rps, burst: row.burst, streams: row.streams, daily_tokens: row.daily_tokens },
-    };
+    }));
   }
 
   async touch(tokenId: string, now: number): Promise<void> {
     const previous = lastTouched.get(tokenId);
     if (previous !== undefined && now - previous < TOUCH_INTERVAL_MS) return;
+    if (lastTouched.size >= MAX_CACHED) lastTouched.clear();
     lastTouched.set(tokenId, now);
-    if (lastTouched.size > 10_000) lastTouched.clear(); // bounded: a forgotten entry only costs one write
     await this.db
       .prepare("UPDATE tokens SET last_used_at = ?2 WHERE token_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)")
       .bind(tokenId, now, now - TOUCH_INTERVAL_MS)

@@ -6,27 +6,52 @@
  * Pure TypeScript, no Node or Workers APIs: the CLI imports it too.
  */
 import { z } from "zod";
-import { parseDuration } from "./duration";
+import { durationProblem, MAX_TTL, parseDuration } from "./duration";
 
 export const HANDLE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,31}$/;
-const SCOPE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+/** HANDLE_PATTERN in words, for every message that refuses a handle. */
+export const HANDLE_RULE = "1–32 of a-z 0-9 . _ -, starting with a letter or digit";
+export const SCOPE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 /** Paths the gateway answers itself; no route may shadow them. */
 export const GATEWAY_PATHS = ["/healthz", "/api", "/auth", "/_halo", "/metrics", "/admin"] as const;
 
-const duration = (what: string) =>
-  z.string().refine((text) => parseDuration(text) !== undefined, {
-    message: `${what} must be a duration such as 10d, 24h, 30m, 60s or 500ms`,
+/** A duration of at most `max`: an overlong one would overflow a date or a timer, so it refuses to start. */
+const duration = (what: string, max: string) =>
+  z.string().superRefine((text, ctx) => {
+    const problem = durationProblem(text, max);
+    if (problem) ctx.addIssue({ code: "custom", message: `${what} ${problem}` });
   });
+
+export interface NumberBounds {
+  min: number;
+  /** `min` itself is not allowed. */
+  exclusiveMin?: boolean;
+  max: number;
+  integer: boolean;
+}
+
+/** The per-user limits' bounds: one definition for the config, the admin API and the CLI's flags. */
+export const LIMIT_BOUNDS = {
+  rps: { min: 0, exclusiveMin: true, max: 10_000, integer: false },
+  burst: { min: 1, max: 100_000, integer: true },
+  streams: { min: 1, max: 1_000, integer: true },
+  daily_tokens: { min: 0, max: Number.MAX_SAFE_INTEGER, integer: true },
+} as const satisfies Record<string, NumberBounds>;
+
+export function boundedNumber(bounds: NumberBounds) {
+  const number = bounds.integer ? z.number().int() : z.number();
+  return (bounds.exclusiveMin ? number.gt(bounds.min) : number.min(bounds.min)).max(bounds.max);
+}
 
 const limitsSchema = z.strictObject({
   /** Requests per second (token bucket refill rate). */
-  rps: z.number().positive().max(10_000),
+  rps: boundedNumber(LIMIT_BOUNDS.rps),
   /** Bucket size; defaults to `rps`. */
-  burst: z.number().int().positive().max(100_000).optional(),
+  burst: boundedNumber(LIMIT_BOUNDS.burst).optional(),
   /** Concurrent in-flight requests across all of a user's routes. */
-  streams: z.number().int().positive().max(1_000),
+  streams: boundedNumber(LIMIT_BOUNDS.streams),
   /** LLM tokens a user may consume per day (the day of `timezone`). */
-  daily_tokens: z.number().int().nonnegative(),
+  daily_tokens: boundedNumber(LIMIT_BOUNDS.daily_tokens),
 });
 
 const routeSchema = z
@@ -104,18 +129,18 @@ export const configSchema = z
   .strictObject({
     max_users: z.number().int().min(1).max(1_000).default(10),
     default_scopes: z.array(z.string().regex(SCOPE_PATTERN)).min(1).default(["v2"]),
-    default_ttl: duration("default_ttl").default("10d"),
+    default_ttl: duration("default_ttl", MAX_TTL).default("10d"),
     /** IANA timezone whose midnight ends the quota day. */
     timezone: z
       .string()
       .refine(isTimeZone, { message: "timezone must be an IANA name such as UTC or Europe/Berlin" })
       .default("UTC"),
-    upstream_timeout: duration("upstream_timeout").default("60s"),
+    upstream_timeout: duration("upstream_timeout", "24h").default("60s"),
     body_limit_bytes: z.number().int().positive().max(1024 ** 3).default(32 * 1024 * 1024),
     client_address_source: z.enum(["edge", "cf-connecting-ip"]).default("edge"),
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
     /** In-flight slots are leases renewed while a stream runs; an unreleased one frees after this (a restart frees all). */
-    quota_lease: duration("quota_lease").default("30s"),
+    quota_lease: duration("quota_lease", "24h").default("30s"),
     /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
     quotas: z.boolean().default(true),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
@@ -136,6 +161,23 @@ export const configSchema = z
       }
       seen.set(key, index);
     });
+    // Any client chooses its Host header, so a Host-matched route is open to everyone on the paths
+    // it takes over from the generic route: it must be at least as strict as that route.
+    config.routes.forEach((route, index) => {
+      if (route.host === undefined) return;
+      for (const twin of genericTwins(config.routes, route)) {
+        const weaker = weakerThan(route, twin);
+        if (!weaker) continue;
+        const twinIndex = config.routes.indexOf(twin);
+        ctx.addIssue({
+          code: "custom",
+          path: ["routes", index],
+          message:
+            `route "${route.name}" (host ${route.host}, path ${route.path}) is weaker than routes[${twinIndex}] "${twin.name}" (path ${twin.path}), ` +
+            `whose requests it takes for that Host: ${weaker}. Any client can send Host: ${route.host}, so give it the same auth, scope and metering, or another path`,
+        });
+      }
+    });
     const scopes = new Set(config.routes.flatMap((route) => (route.scope ? [route.scope] : [])));
     config.default_scopes.forEach((scope, index) => {
       if (!scopes.has(scope)) {
@@ -150,6 +192,35 @@ export const configSchema = z
     quota_lease_ms: parseDuration(config.quota_lease) as number,
     limits: { ...config.limits, burst: config.limits.burst ?? defaultBurst(config.limits.rps) },
   }));
+
+type ResolvedRoute = z.output<typeof routeSchema>;
+
+const servesPath = (route: ResolvedRoute, path: string) =>
+  route.match === "exact" ? path === route.path : path === route.path || path.startsWith(`${route.path}/`);
+
+const longest = (routes: ResolvedRoute[]) => routes.reduce<ResolvedRoute | undefined>((best, route) => (!best || route.path.length > best.path.length ? route : best), undefined);
+
+/**
+ * The generic (Host-less) routes whose requests `route` takes when its Host is sent: the one that
+ * would serve its own path, and, for a prefix route, the one that would serve the paths below it
+ * (the longest path wins and a Host route wins a tie, as src/proxy/routes.ts matches).
+ */
+function genericTwins(routes: ResolvedRoute[], route: ResolvedRoute): Set<ResolvedRoute> {
+  const generic = routes.filter((candidate) => candidate.host === undefined && servesPath(candidate, route.path));
+  const twins = [longest(generic), route.match === "prefix" ? longest(generic.filter((candidate) => candidate.match === "prefix")) : undefined];
+  return new Set(twins.filter((twin): twin is ResolvedRoute => twin !== undefined));
+}
+
+/** How strict each auth kind is: a route may not stand in for a stricter one. */
+const AUTH_STRENGTH: Record<ResolvedRoute["auth"], number> = { none: 0, bearer_or_ticket: 1, bearer: 2 };
+
+/** How `route` is weaker than `twin`, in words, or `undefined` when it is at least as strict. */
+function weakerThan(route: ResolvedRoute, twin: ResolvedRoute): string | undefined {
+  if (AUTH_STRENGTH[route.auth] < AUTH_STRENGTH[twin.auth]) return `auth = "${route.auth}" where it has auth = "${twin.auth}"`;
+  if (twin.scope !== null && route.scope !== twin.scope) return `scope "${route.scope}" where it needs scope "${twin.scope}"`;
+  if (twin.metered && !route.metered) return "not metered where it is metered (the daily token quota would not apply)";
+  return undefined;
+}
 
 /** SPEC §6: the burst defaults to the rate (at least one request). */
 export const defaultBurst = (rps: number) => Math.max(1, Math.ceil(rps));

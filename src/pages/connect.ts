@@ -1,6 +1,7 @@
 /**
  * `/_halo/connect`: the browser page for beta users. It asks for the token, keeps it in memory only
- * (no storage, no URL), checks it against `/v2/v1/models`, and tests the audio WebSocket through a
+ * (no storage, no URL), checks it against `/api/me` (and shows what it may use, until when, and
+ * today's usage), and tests the audio WebSocket through a
  * single-use ticket. Served with a strict CSP, so the script is a separate same-origin file.
  */
 export const CONNECT_HTML = `<!doctype html>
@@ -23,6 +24,7 @@ export const CONNECT_HTML = `<!doctype html>
     <button type="submit">Check my token</button>
   </form>
   <p id="result" role="status"></p>
+  <ul id="me" hidden></ul>
   <button id="audio" type="button" disabled>Test the audio WebSocket</button>
   <p id="audio-result" role="status"></p>
   <h2>Use it in apps</h2>
@@ -56,13 +58,20 @@ export const CONNECT_JS = `"use strict";
     token = $("token").value.trim();
     $("token").value = "";
     say("result", "Checking…", true);
-    const response = await fetch("/v2/v1/models", { headers: { authorization: "Bearer " + token } });
-    if (response.ok) {
-      say("result", "Your token works. Models are reachable.", true);
-      $("audio").disabled = false;
-    } else {
-      say("result", await explain(response), false);
-    }
+    // Who am I, what may I use, when does it end: GET /api/me answers for any valid token.
+    const response = await fetch("/api/me", { headers: { authorization: "Bearer " + token } });
+    if (!response.ok) return say("result", await explain(response), false);
+    const me = await response.json();
+    say("result", "Your token works: you are " + me.handle + ".", true);
+    const lines = [
+      "You may use: " + me.scopes.join(", ") + ".",
+      "Your token ends " + new Date(me.expires_at).toLocaleString() + ".",
+      "Today: " + me.tokens_today.toLocaleString() + " of " + me.limits.daily_tokens.toLocaleString() + " LLM tokens used; the day resets " + new Date(me.resets_at).toLocaleString() + ".",
+      "At most " + me.limits.streams + " request(s) at a time (" + me.in_flight + " running now), " + me.limits.rps + " per second.",
+    ];
+    $("me").replaceChildren(...lines.map((text) => { const item = document.createElement("li"); item.textContent = text; return item; }));
+    $("me").hidden = false;
+    $("audio").disabled = !me.scopes.includes("audio");
   });
   $("audio").addEventListener("click", async () => {
     say("audio-result", "Asking for a ticket…", true);

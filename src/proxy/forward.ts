@@ -37,15 +37,26 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   // A client that goes away aborts the upstream request too (needs the enable_request_signal flag).
   request.signal?.addEventListener("abort", () => controller.abort(request.signal.reason), { once: true });
   const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
-  let upstream: Response;
+  // Replayable: nothing to send, or a body the gateway holds (issue 9: llama-server advertises
+  // keep-alive and then closes the connection after a streamed reply, so the next request on that
+  // pooled connection is reset before any answer — 7 in 30 got 502; retried once, none does).
+  const replayable = options.bodyOverride !== undefined || body.stream === null;
+  let upstream: Response | undefined;
   try {
-    upstream = await fetch(url, {
-      method: request.method,
-      headers,
-      body: options.bodyOverride ?? body.stream,
-      redirect: "manual",
-      signal: controller.signal,
-    });
+    for (let attempt = 0; upstream === undefined; attempt++) {
+      try {
+        upstream = await fetch(url, {
+          method: request.method,
+          headers,
+          body: options.bodyOverride ?? body.stream,
+          redirect: "manual",
+          signal: controller.signal,
+        });
+      } catch (error) {
+        if (attempt === 0 && replayable && !controller.signal.aborted) continue;
+        throw error;
+      }
+    }
   } catch {
     if (body.exceeded()) throw errors.payloadTooLarge(options.bodyLimitBytes);
     if (controller.signal.reason instanceof UpstreamTimeout) {

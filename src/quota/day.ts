@@ -26,3 +26,25 @@ export function nextMidnight(time: number, timeZone: string): number {
   }
   return high;
 }
+
+export interface QuotaDay {
+  key: string;
+  /** First instant (ms) of the next day. */
+  endsAt: number;
+}
+
+/** The last day computed per timezone, with the instant it was computed from. */
+const current = new Map<string, { day: QuotaDay; from: number }>();
+
+/**
+ * The quota day of `time`, computed once per day and timezone (issue 8: `admit` used to format ~27
+ * dates per call finding the next midnight). Valid from the instant it was computed until the day
+ * ends; a clock that goes backwards (tests pin it) recomputes.
+ */
+export function quotaDay(time: number, timeZone: string): QuotaDay {
+  const cached = current.get(timeZone);
+  if (cached && time >= cached.from && time < cached.day.endsAt) return cached.day;
+  const day = { key: dayKey(time, timeZone), endsAt: nextMidnight(time, timeZone) };
+  current.set(timeZone, { day, from: time });
+  return day;
+}

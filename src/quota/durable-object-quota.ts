@@ -1,32 +1,34 @@
-/** QuotaService on the UserQuota Durable Object: one object per handle. */
-import type { AdmitRequest, Admission, QuotaService, RequestOutcome } from "./quota";
+/** QuotaService on the UserQuota Durable Object: one object per handle, reached by RPC. */
+import type { TokenIdentity } from "../auth/token-store";
+import type { UserLimits } from "../config/schema";
+import type { AuthorizeRequest, Authorization, QuotaService, RequestOutcome, UserProfile } from "./quota";
 import type { UserQuota, UsageSnapshot } from "./user-quota";
 
-/** The one UserQuota object of a handle. */
-export function userQuota(namespace: DurableObjectNamespace<UserQuota>, handle: string) {
+/** The stub of a handle's one UserQuota object. */
+export function userQuotaStub(namespace: DurableObjectNamespace<UserQuota>, handle: string) {
   return namespace.get(namespace.idFromName(handle));
 }
 
 export class DurableObjectQuota implements QuotaService {
   constructor(private readonly namespace: DurableObjectNamespace<UserQuota>) {}
 
-  private stub(handle: string) {
-    return userQuota(this.namespace, handle);
+  authorize(request: AuthorizeRequest): Promise<Authorization> {
+    return userQuotaStub(this.namespace, request.token.handle).authorize(request);
   }
 
-  admit(request: AdmitRequest): Promise<Admission> {
-    return this.stub(request.handle).admit(request);
+  profile(token: TokenIdentity, now: number, defaults: UserLimits, timezone: string): Promise<UserProfile | null> {
+    return userQuotaStub(this.namespace, token.handle).profile(token, now, defaults, timezone);
   }
 
-  renew(handle: string, leaseId: string, leaseMs: number): Promise<void> {
-    return this.stub(handle).renew(leaseId, leaseMs);
+  renew(token: TokenIdentity, leaseId: string, leaseMs: number): Promise<boolean> {
+    return userQuotaStub(this.namespace, token.handle).renew(leaseId, leaseMs, token);
   }
 
   release(handle: string, leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
-    return this.stub(handle).release(leaseId, outcome, now, timezone);
+    return userQuotaStub(this.namespace, handle).release(leaseId, outcome, now, timezone);
   }
 }
 
 export function usageSnapshot(namespace: DurableObjectNamespace<UserQuota>, handle: string, now: number, timezone: string): Promise<UsageSnapshot> {
-  return userQuota(namespace, handle).snapshot(now, timezone);
+  return userQuotaStub(namespace, handle).snapshot(now, timezone);
 }

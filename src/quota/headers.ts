@@ -22,15 +22,27 @@ export function rateLimitState(state: QuotaState): string {
   ].join(", ");
 }
 
-/** Headers on every admitted response: what is left. */
+/** OpenAI's duration format for `x-ratelimit-reset-*`: `12ms`, `1s`, `6m0s`, `1h2m3s`. */
+export function openAiDuration(seconds: number): string {
+  if (seconds < 1) return `${Math.max(0, Math.round(seconds * 1000))}ms`;
+  const total = Math.ceil(seconds);
+  const [hours, minutes, rest] = [Math.floor(total / 3600), Math.floor((total % 3600) / 60), total % 60];
+  if (hours > 0) return `${hours}h${minutes}m${rest}s`;
+  if (minutes > 0) return `${minutes}m${rest}s`;
+  return `${rest}s`;
+}
+
+/** Headers on every authenticated response, streams included: what is left, and when it resets. */
 export function quotaHeaders(limits: UserLimits, state: QuotaState): Record<string, string> {
   return {
     "ratelimit-policy": rateLimitPolicy(limits),
     ratelimit: rateLimitState(state),
     "x-ratelimit-limit-requests": String(limits.burst),
     "x-ratelimit-remaining-requests": String(Math.floor(state.requestsRemaining)),
+    "x-ratelimit-reset-requests": openAiDuration(state.requestsResetSeconds),
     "x-ratelimit-limit-tokens": String(limits.daily_tokens),
     "x-ratelimit-remaining-tokens": String(state.tokensRemainingToday),
+    "x-ratelimit-reset-tokens": openAiDuration(state.dayResetSeconds),
   };
 }
 
@@ -54,5 +66,9 @@ export function quotaExceeded(handle: string, refusal: QuotaRefusal, retryAfterS
             type: "requests",
             code: "rate_limit_exceeded",
           };
-  return errorResponse(429, body, { "retry-after": String(retryAfterSeconds), ...quotaHeaders(limits, state) });
+  // The daily quota is not worth retrying before it resets (hours away): `x-should-retry: false` makes
+  // both OpenAI SDKs raise at once instead of sleeping until midnight on `Retry-After` (issue 9).
+  // Rate and concurrency refusals are: `retry-after-ms` is what the SDKs read first.
+  const retry: Record<string, string> = refusal === "daily" ? { "x-should-retry": "false" } : { "retry-after-ms": String(retryAfterSeconds * 1000) };
+  return errorResponse(429, body, { "retry-after": String(retryAfterSeconds), ...retry, ...quotaHeaders(limits, state) });
 }

@@ -1,5 +1,5 @@
 /** Per-user limits: the user's own overrides (from invite/update) over the configured defaults. */
-import { defaultBurst, type GatewayConfig, type UserLimits } from "../config/schema";
+import { defaultBurst, type UserLimits } from "../config/schema";
 
 /** Per-user limits; absent (or NULL in D1) means "the configured default". */
 export interface LimitOverrides {
@@ -9,13 +9,13 @@ export interface LimitOverrides {
   daily_tokens?: number | null | undefined;
 }
 
-export function effectiveLimits(config: GatewayConfig, overrides: LimitOverrides): UserLimits {
-  const rps = overrides.rps ?? config.limits.rps;
+export function effectiveLimits(defaults: UserLimits, overrides: LimitOverrides): UserLimits {
+  const rps = overrides.rps ?? defaults.rps;
   return {
     rps,
     // A user given their own rate without a burst gets burst = rps (SPEC §6), not the default burst.
-    burst: overrides.burst ?? (overrides.rps != null ? defaultBurst(rps) : config.limits.burst),
-    streams: overrides.streams ?? config.limits.streams,
-    daily_tokens: overrides.daily_tokens ?? config.limits.daily_tokens,
+    burst: overrides.burst ?? (overrides.rps != null ? defaultBurst(rps) : defaults.burst),
+    streams: overrides.streams ?? defaults.streams,
+    daily_tokens: overrides.daily_tokens ?? defaults.daily_tokens,
   };
 }

@@ -1,8 +1,10 @@
 /**
  * Per-user quotas behind a small interface (the Durable Object implementation is beside it).
- * One `admit` call decides a request with every check at once; `release` frees the in-flight
- * slot and charges the LLM tokens when the response has ended, however it ended.
+ * One `authorize` call confirms the token and admits the request with every check at once;
+ * `release` frees the in-flight slot and charges the LLM tokens when the response has ended,
+ * however it ended.
  */
+import type { TokenIdentity } from "../auth/token-store";
 import type { UserLimits } from "../config/schema";
 
 export type QuotaRefusal = "rate" | "concurrency" | "daily";
@@ -17,6 +19,13 @@ export interface AdmitRequest {
   leaseMs: number;
   /** Whether the route is an LLM route, subject to the daily token quota. */
   metered: boolean;
+  /**
+   * Whether the request holds one of the user's concurrent slots (issue 9: generation, image
+   * generation, uploads and sockets do; cheap reads such as `GET /v1/models` only spend the bucket).
+   */
+  holdsSlot?: boolean;
+  /** The token the request runs under, so a renewal can tell when it was revoked or expired. */
+  tokenId?: string;
 }
 
 export interface QuotaState {
@@ -44,20 +53,54 @@ export interface RequestOutcome {
   upstreamLatencyMs: number | null;
 }
 
-export interface QuotaService {
-  admit(request: AdmitRequest): Promise<Admission>;
-  /** Keep a running stream's slot alive. */
-  renew(handle: string, leaseId: string, leaseMs: number): Promise<void>;
-  release(handle: string, leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void>;
+/**
+ * One call per authenticated request (issue 8): the user's object confirms the token (current,
+ * scoped) and, when `admit` is set, admits the request with every quota check at once.
+ */
+export interface AuthorizeRequest {
+  token: TokenIdentity;
+  /** The scope the route needs; null for gateway paths any valid token may use (`/api/me`). */
+  scope: string | null;
+  /** The caller's clock (ms). */
+  now: number;
+  /** Admit the request too (false: only confirm the token, e.g. to issue a ticket). */
+  admit: false | {
+    /** The configured per-user defaults; the user's own overrides are applied by the object. */
+    defaults: UserLimits;
+    timezone: string;
+    leaseMs: number;
+    metered: boolean;
+    /** See `AdmitRequest.holdsSlot`. */
+    holdsSlot: boolean;
+    /** `HALO_CONFIG.quotas`: false admits every request without counting it. */
+    enforce: boolean;
+  };
+  /** A WebSocket ticket being used: marked used only if the request is admitted. */
+  ticket?: { jti: string; expiresAt: number };
 }
 
-/** Quotas switched off (config `quotas = false`): every request admitted, nothing counted. */
-export const unlimitedQuota: QuotaService = {
-  admit: async (request) => ({
-    admitted: true,
-    leaseId: "unlimited",
-    state: { requestsRemaining: request.limits.burst, requestsResetSeconds: 0, tokensUsedToday: 0, tokensRemainingToday: request.limits.daily_tokens, dayResetSeconds: 0, inFlight: 0 },
-  }),
-  renew: async () => {},
-  release: async () => {},
-};
+export type Authorization =
+  | { ok: false; reason: "unknown" | "revoked" | "expired" | "scope" | "ticket_used" }
+  | { ok: true; limits: UserLimits; admission: Admission }
+  | { ok: true; limits: null; admission: null };
+
+/** What `GET /api/me` tells a user about themself: the numbers the operator sees in `usage`. */
+export interface UserProfile {
+  handle: string;
+  scopes: string[];
+  expires_at: string;
+  limits: UserLimits;
+  tokens_today: number;
+  tokens_remaining: number;
+  resets_at: string;
+  in_flight: number;
+}
+
+export interface QuotaService {
+  authorize(request: AuthorizeRequest): Promise<Authorization>;
+  /** The user's profile as seen through this (confirmed) token, or null if the object does not know it. */
+  profile(token: TokenIdentity, now: number, defaults: UserLimits, timezone: string): Promise<UserProfile | null>;
+  /** Keep a running request's lease alive; false when its token was revoked or expired since (close it). */
+  renew(token: TokenIdentity, leaseId: string, leaseMs: number): Promise<boolean>;
+  release(handle: string, leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void>;
+}

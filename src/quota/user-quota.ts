@@ -1,8 +1,19 @@
 /**
- * One Durable Object per user (SQLite-backed), holding the user's quota counters and metrics.
- * A Durable Object runs one call at a time, so `admit` decides every check atomically: 32
- * concurrent requests against a bucket of N admit exactly N. The bucket, the day's tokens and the
- * metrics are written through to storage, so an eviction or a crash loses none of them.
+ * One Durable Object per user (SQLite-backed): the one place that decides whether a request of
+ * this user may run (issue 8). `authorize` confirms the token (current, scoped) from the user's
+ * tokens it holds in memory (loaded from D1, the durable record; the admin API tells it of every
+ * change before returning) and admits the request with every quota check at once — one call per
+ * request, and no storage write on the way: a Durable Object runs one call at a time, so the
+ * checks are atomic (32 concurrent requests against a bucket of N admit exactly N) without one.
+ *
+ * What is kept where, and what a crash (or an eviction) may cost — within SPEC §6's intent that
+ * one user cannot monopolise the box:
+ * - the rate bucket: memory only; a restarted object starts with a full bucket (one extra burst);
+ * - the day's tokens: written when a response charges them (the only write on the request path,
+ *   and it happens after the response, in the release);
+ * - metrics: written at most once a second; a crash loses at most that second's counts;
+ * - revocations: written before `revoke` writes D1, so a failed D1 write still refuses the token;
+ * - tickets used: written when used (rare).
  *
  * In-flight slots are leases kept in memory only, never stored: a lease describes a request running
  * through *this* process, so one from an earlier boot describes nothing. Under `serve` a crash or a
@@ -18,11 +29,17 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import type { UserLimits } from "../config/schema";
-import { dayKey, nextMidnight } from "./day";
-import type { Admission, AdmitRequest, QuotaState, RequestOutcome } from "./quota";
+import { D1TokenStore, type TokenIdentity, type TokenRecord } from "../auth/token-store";
+import { quotaDay } from "./day";
+import { effectiveLimits } from "./limits";
+import type { Admission, AdmitRequest, Authorization, AuthorizeRequest, QuotaState, RequestOutcome, UserProfile } from "./quota";
 
 /** Upper bounds (seconds) of the upstream latency histogram (time to response headers). */
 export const LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] as const;
+
+/** The lease id of an admission under `quotas = false`: nothing to renew or release. */
+export const UNLIMITED_LEASE = "unlimited";
+const METRICS_WRITE_INTERVAL_MS = 1_000;
 
 /** How long a released lease is remembered, so that a late renewal does not revive it. */
 const RELEASED_MEMORY_MS = 60_000;
@@ -43,6 +60,13 @@ export interface UsageSnapshot {
   metrics: UserMetrics;
 }
 
+interface Lease {
+  expiresAt: number;
+  tokenId: string | null;
+  /** Counts against `streams` (see `AdmitRequest.holdsSlot`). */
+  holdsSlot: boolean;
+}
+
 interface Bucket {
   level: number;
   at: number;
@@ -58,25 +82,132 @@ const emptyMetrics = (): UserMetrics => ({
 
 export class UserQuota extends DurableObject<Env> {
   private bucket: Bucket | null = null;
-  /** leaseId → expiry (ms, wall clock). Memory only (see above). */
-  private readonly leases = new Map<string, number>();
+  /** leaseId → its expiry (ms, wall clock), token, and whether it holds a slot. Memory only (see above). */
+  private readonly leases = new Map<string, Lease>();
   /** Leases released lately (leaseId → when), so a renewal that crossed its release cannot revive it. */
   private readonly released = new Map<string, number>();
   private day = { key: "", used: 0 };
   private metrics = emptyMetrics();
+  private metricsWrite: ReturnType<typeof setTimeout> | null = null;
+  /** The user's tokens by id, as D1 had them when last loaded (null: load on next use). */
+  private tokens: Map<string, TokenRecord> | null = null;
+  /** Token ids revoked through this object (persisted): refused even if D1 has not caught up. */
+  private revoked = new Set<string>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     void ctx.blockConcurrencyWhile(async () => {
-      // A "leases" key written by an earlier version is ignored: its leases belong to a dead process.
-      const stored = await ctx.storage.get<unknown>(["bucket", "day", "metrics"]);
-      this.bucket = (stored.get("bucket") as Bucket | undefined) ?? null;
+      // Keys written by earlier versions ("bucket", "leases") are ignored: memory only now.
+      const stored = await ctx.storage.get<unknown>(["day", "metrics", "revoked"]);
       this.day = (stored.get("day") as { key: string; used: number } | undefined) ?? this.day;
       this.metrics = { ...emptyMetrics(), ...((stored.get("metrics") as UserMetrics | undefined) ?? {}) };
+      this.revoked = new Set((stored.get("revoked") as string[] | undefined) ?? []);
     });
   }
 
+  /** The per-request call: token check, then (when asked) admission, in one round trip. */
+  async authorize(request: AuthorizeRequest): Promise<Authorization> {
+    const token = await this.token(request.token);
+    if (!token) return { ok: false, reason: "unknown" };
+    if (token.revokedAt !== null || this.revoked.has(token.tokenId)) return { ok: false, reason: "revoked" };
+    if (request.now >= token.expiresAt) return { ok: false, reason: "expired" };
+    if (request.scope !== null && !token.scopes.includes(request.scope)) return { ok: false, reason: "scope" };
+    if (request.ticket && (await this.ticketUsed(request.ticket.jti))) return { ok: false, reason: "ticket_used" };
+    if (!request.admit) return { ok: true, limits: null, admission: null };
+    const { defaults, timezone, leaseMs, metered, holdsSlot, enforce } = request.admit;
+    const limits = effectiveLimits(defaults, token.limits);
+    const admission = enforce ? this.decide({ handle: token.handle, limits, timezone, now: request.now, leaseMs, metered, holdsSlot, tokenId: token.tokenId }) : this.unlimited(limits);
+    // A refused upgrade leaves its ticket usable (issue 9): marked only once the request runs.
+    if (admission.admitted && request.ticket) await this.useTicket(request.ticket.jti, request.ticket.expiresAt);
+    return { ok: true, limits, admission };
+  }
+
+  async profile(identity: TokenIdentity, now: number, defaults: UserLimits, timezone: string): Promise<UserProfile | null> {
+    const token = await this.token(identity);
+    if (!token) return null;
+    const limits = effectiveLimits(defaults, token.limits);
+    this.dropExpiredLeases(Date.now());
+    this.rollDay(now, timezone);
+    return {
+      handle: token.handle,
+      scopes: token.scopes,
+      expires_at: new Date(token.expiresAt).toISOString(),
+      limits,
+      tokens_today: this.day.used,
+      tokens_remaining: Math.max(0, limits.daily_tokens - this.day.used),
+      resets_at: new Date(quotaDay(now, timezone).endsAt).toISOString(),
+      in_flight: this.slotsHeld(),
+    };
+  }
+
+  /** Quota admission alone (kept for callers that have already confirmed the token). */
   async admit(request: AdmitRequest): Promise<Admission> {
+    return this.decide(request);
+  }
+
+  /** The admin API changed this user's tokens or limits in D1: read them again on the next request. */
+  async reload(): Promise<void> {
+    this.tokens = null;
+  }
+
+  /** Refuse these tokens from now on (all of the user's when none are named), before D1 says so. */
+  async revoke(handle: string, tokenIds?: string[]): Promise<void> {
+    const ids = tokenIds ?? [...(await this.loadTokens(handle)).keys()];
+    for (const id of ids) this.revoked.add(id);
+    await this.ctx.storage.put("revoked", [...this.revoked]);
+    this.tokens = null;
+  }
+
+  /**
+   * Extends a running request's lease; one this object forgot (evicted, reset, lapsed) is
+   * re-adopted. False when the request's token has been revoked or has expired since it was
+   * admitted: the caller then closes the stream or socket (issue 9), and the lease is gone.
+   */
+  async renew(leaseId: string, leaseMs: number, identity?: TokenIdentity): Promise<boolean> {
+    if (identity) {
+      const token = await this.token(identity);
+      if (!token || token.revokedAt !== null || this.revoked.has(token.tokenId) || Date.now() >= token.expiresAt) {
+        this.leases.delete(leaseId);
+        return false;
+      }
+    }
+    this.forgetOldReleases(Date.now());
+    if (leaseId === UNLIMITED_LEASE || this.released.has(leaseId)) return true;
+    const lease = this.leases.get(leaseId);
+    this.leases.set(leaseId, { expiresAt: Date.now() + leaseMs, tokenId: identity?.tokenId ?? lease?.tokenId ?? null, holdsSlot: lease?.holdsSlot ?? true });
+    return true;
+  }
+
+  async release(leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
+    if (leaseId === UNLIMITED_LEASE) return; // quotas = false: nothing counted
+    this.leases.delete(leaseId);
+    this.forgetOldReleases(Date.now());
+    this.released.set(leaseId, Date.now());
+    const rolled = this.rollDay(now, timezone);
+    // Charged also when the lease had already expired: the tokens were produced all the same.
+    const tokens = Math.max(0, Math.round(outcome.tokens));
+    this.day.used += tokens;
+    const statusClass = outcome.status === 0 ? "aborted" : (`${Math.floor(outcome.status / 100)}xx` as keyof UserMetrics["status"]);
+    if (statusClass in this.metrics.status) this.metrics.status[statusClass]++;
+    if (outcome.upstreamLatencyMs !== null) {
+      const seconds = outcome.upstreamLatencyMs / 1000;
+      const index = LATENCY_BUCKETS.findIndex((bound) => seconds <= bound);
+      this.metrics.latencyBuckets[index === -1 ? LATENCY_BUCKETS.length : index]!++;
+      this.metrics.latencySumSeconds += seconds;
+      this.metrics.latencyCount++;
+    }
+    this.scheduleMetricsWrite();
+    if (tokens > 0 || rolled) await this.ctx.storage.put("day", this.day);
+  }
+
+  async snapshot(now: number, timezone: string): Promise<UsageSnapshot> {
+    this.dropExpiredLeases(Date.now());
+    this.rollDay(now, timezone);
+    return { day: this.day.key, tokensToday: this.day.used, inFlight: this.slotsHeld(), metrics: this.metrics };
+  }
+
+  /** Every quota check at once; synchronous, so atomic within this object. */
+  private decide(request: AdmitRequest): Admission {
     const { limits, now } = request;
     this.dropExpiredLeases(Date.now());
     this.rollDay(now, request.timezone);
@@ -87,8 +218,8 @@ export class UserQuota extends DurableObject<Env> {
     let retryAfterSeconds = 1;
     if (request.metered && this.day.used >= limits.daily_tokens) {
       refusal = "daily";
-      retryAfterSeconds = Math.max(1, Math.ceil((nextMidnight(now, request.timezone) - now) / 1000));
-    } else if (this.leases.size >= limits.streams) {
+      retryAfterSeconds = Math.max(1, Math.ceil((quotaDay(now, request.timezone).endsAt - now) / 1000));
+    } else if (request.holdsSlot !== false && this.slotsHeld() >= limits.streams) {
       refusal = "concurrency";
     } else if (level < 1) {
       refusal = "rate";
@@ -98,57 +229,49 @@ export class UserQuota extends DurableObject<Env> {
       // A refused request charges nothing: the bucket and the day are left as they were.
       this.metrics.refused[refusal]++;
       this.metrics.status["4xx"]++;
-      await this.persist("bucket", "day", "metrics");
+      this.scheduleMetricsWrite();
       return { admitted: false, refusal, retryAfterSeconds, state: this.state(limits, now, request.timezone) };
     }
     this.bucket!.level = level - 1;
     const leaseId = crypto.randomUUID();
-    this.leases.set(leaseId, Date.now() + request.leaseMs);
-    await this.persist("bucket", "day");
+    this.leases.set(leaseId, { expiresAt: Date.now() + request.leaseMs, tokenId: request.tokenId ?? null, holdsSlot: request.holdsSlot !== false });
     return { admitted: true, leaseId, state: this.state(limits, now, request.timezone) };
   }
 
-  /** Extends a running stream's lease; one this object forgot (evicted, reset, lapsed) is re-adopted. */
-  async renew(leaseId: string, leaseMs: number): Promise<void> {
-    this.forgetOldReleases(Date.now());
-    if (this.released.has(leaseId)) return;
-    this.leases.set(leaseId, Date.now() + leaseMs);
+  /** `quotas = false`: admitted, nothing counted. */
+  private unlimited(limits: UserLimits): Admission {
+    return {
+      admitted: true,
+      leaseId: UNLIMITED_LEASE,
+      state: { requestsRemaining: limits.burst, requestsResetSeconds: 0, tokensUsedToday: 0, tokensRemainingToday: limits.daily_tokens, dayResetSeconds: 0, inFlight: 0 },
+    };
   }
 
-  async release(leaseId: string, outcome: RequestOutcome, now: number, timezone: string): Promise<void> {
-    this.leases.delete(leaseId);
-    this.forgetOldReleases(Date.now());
-    this.released.set(leaseId, Date.now());
-    this.rollDay(now, timezone);
-    // Charged also when the lease had already expired: the tokens were produced all the same.
-    this.day.used += Math.max(0, Math.round(outcome.tokens));
-    const statusClass = outcome.status === 0 ? "aborted" : (`${Math.floor(outcome.status / 100)}xx` as keyof UserMetrics["status"]);
-    if (statusClass in this.metrics.status) this.metrics.status[statusClass]++;
-    if (outcome.upstreamLatencyMs !== null) {
-      const seconds = outcome.upstreamLatencyMs / 1000;
-      const index = LATENCY_BUCKETS.findIndex((bound) => seconds <= bound);
-      this.metrics.latencyBuckets[index === -1 ? LATENCY_BUCKETS.length : index]!++;
-      this.metrics.latencySumSeconds += seconds;
-      this.metrics.latencyCount++;
-    }
-    await this.persist("day", "metrics");
+  private async token(identity: TokenIdentity): Promise<TokenRecord | null> {
+    let token = this.tokens?.get(identity.tokenId);
+    // A token this object has not seen (issued since the last load): D1 is asked once more.
+    if (!token) token = (await this.loadTokens(identity.handle)).get(identity.tokenId);
+    return token && token.handle === identity.handle ? token : null;
   }
 
-  /** Single use of a WebSocket ticket: true the first time its id is seen (ids kept until expiry). */
-  async consumeTicket(jti: string, expiresAt: number): Promise<boolean> {
+  private async loadTokens(handle: string): Promise<Map<string, TokenRecord>> {
+    const tokens = new Map((await new D1TokenStore(this.env.DB).tokensOf(handle)).map((token) => [token.tokenId, token]));
+    this.tokens = tokens;
+    return tokens;
+  }
+
+  private async ticketUsed(jti: string): Promise<boolean> {
+    const used = (await this.ctx.storage.get<Record<string, number>>("tickets")) ?? {};
+    return jti in used;
+  }
+
+  /** Single use of a WebSocket ticket (ids kept until they expire). */
+  private async useTicket(jti: string, expiresAt: number): Promise<void> {
     const used = (await this.ctx.storage.get<Record<string, number>>("tickets")) ?? {};
     const now = Date.now();
     for (const [id, expiry] of Object.entries(used)) if (expiry < now) delete used[id];
-    if (jti in used) return false;
     used[jti] = expiresAt;
     await this.ctx.storage.put("tickets", used);
-    return true;
-  }
-
-  async snapshot(now: number, timezone: string): Promise<UsageSnapshot> {
-    this.dropExpiredLeases(Date.now());
-    this.rollDay(now, timezone);
-    return { day: this.day.key, tokensToday: this.day.used, inFlight: this.leases.size, metrics: this.metrics };
   }
 
   private state(limits: UserLimits, now: number, timezone: string): QuotaState {
@@ -158,8 +281,8 @@ export class UserQuota extends DurableObject<Env> {
       requestsResetSeconds: Math.ceil(Math.max(0, limits.burst - level) / limits.rps),
       tokensUsedToday: this.day.used,
       tokensRemainingToday: Math.max(0, limits.daily_tokens - this.day.used),
-      dayResetSeconds: Math.max(1, Math.ceil((nextMidnight(now, timezone) - now) / 1000)),
-      inFlight: this.leases.size,
+      dayResetSeconds: Math.max(1, Math.ceil((quotaDay(now, timezone).endsAt - now) / 1000)),
+      inFlight: this.slotsHeld(),
     };
   }
 
@@ -172,13 +295,22 @@ export class UserQuota extends DurableObject<Env> {
     this.bucket = { level: Math.min(limits.burst, this.bucket.level + elapsed * limits.rps), at: Math.max(now, this.bucket.at) };
   }
 
-  private rollDay(now: number, timezone: string) {
-    const key = dayKey(now, timezone);
-    if (key !== this.day.key) this.day = { key, used: 0 };
+  /** True when the day changed (the new day starts at 0 tokens). */
+  private rollDay(now: number, timezone: string): boolean {
+    const { key } = quotaDay(now, timezone);
+    if (key === this.day.key) return false;
+    this.day = { key, used: 0 };
+    return true;
   }
 
   private dropExpiredLeases(wallClock: number) {
-    for (const [leaseId, expiresAt] of this.leases) if (expiresAt <= wallClock) this.leases.delete(leaseId);
+    for (const [leaseId, lease] of this.leases) if (lease.expiresAt <= wallClock) this.leases.delete(leaseId);
+  }
+
+  private slotsHeld(): number {
+    let held = 0;
+    for (const lease of this.leases.values()) if (lease.holdsSlot) held++;
+    return held;
   }
 
   /** A renewal crosses its release within milliseconds; a minute is ample, and bounds the map. */
@@ -186,9 +318,12 @@ export class UserQuota extends DurableObject<Env> {
     for (const [leaseId, at] of this.released) if (wallClock - at > RELEASED_MEMORY_MS) this.released.delete(leaseId);
   }
 
-  /** Writes through only what a call changed (each key is one row of the object's SQLite store). */
-  private async persist(...keys: Array<"bucket" | "day" | "metrics">) {
-    const values = { bucket: this.bucket, day: this.day, metrics: this.metrics };
-    await this.ctx.storage.put(Object.fromEntries(keys.map((key) => [key, values[key]])));
+  /** Metrics are written at most once a second, off the request path. */
+  private scheduleMetricsWrite() {
+    if (this.metricsWrite) return;
+    this.metricsWrite = setTimeout(() => {
+      this.metricsWrite = null;
+      this.ctx.storage.put("metrics", this.metrics).catch((error: unknown) => console.error(`halo-gate: could not write quota metrics: ${String(error)}`));
+    }, METRICS_WRITE_INTERVAL_MS);
   }
 }

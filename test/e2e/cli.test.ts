@@ -82,12 +82,13 @@ describe("CLI against serve", () => {
     const create = inviteCalls.find((call) => call[0] === "preauthkeys" && call[1] === "create")!;
     expect(create).toEqual(["preauthkeys", "create", "--user", expect.stringMatching(/^\d+$/), "--expiration", "24h", "-o", "json"]);
     expect(create).not.toContain("--reusable");
+    const node = headscale.join("dora"); // dora's device registers with the key
     const beforeRevoke = headscale.calls().length;
     const revoked = await run("revoke", "dora");
     expect(revoked.stdout).toContain("expired 1 pre-auth key(s) and 1 node(s)");
     const revokeCalls = headscale.calls().slice(beforeRevoke);
     expect(revokeCalls.some((call) => call[0] === "preauthkeys" && call[1] === "expire")).toBe(true);
-    expect(revokeCalls).toContainEqual(["nodes", "expire", "--identifier", "3"]);
+    expect(revokeCalls).toContainEqual(["nodes", "expire", "--identifier", String(node.id)]);
   });
 
   it("--authkey wins over headscale; --json gives the machine-readable fields", async () => {
@@ -107,12 +108,12 @@ describe("CLI against serve", () => {
     expect(Array.isArray(JSON.parse(result.stdout))).toBe(true);
   });
 
-  it("refuses an active handle (use rotate) and a bad scope with exit 1", async () => {
+  it("refuses an active handle (use rotate) with exit 1, and a scope no route offers as bad usage (exit 2)", async () => {
     const again = await run("invite", "fred");
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("rotate");
     const badScope = await run("invite", "gwen", "--scopes", "v3");
-    expect(badScope.code).toBe(1);
+    expect(badScope.code).toBe(2);
     expect(badScope.stderr).toContain('"v3"');
   });
 
@@ -122,15 +123,17 @@ describe("CLI against serve", () => {
     expect(JSON.parse(rotated.stdout).scopes).toEqual(["v2", "sd"]);
     const updated = await run("update", "fred", "--rps", "2", "--streams", "2", "--daily-tokens", "1000");
     expect(updated.code).toBe(0);
-    expect(updated.stdout).toContain("2 rps (burst 2), 2 stream(s), 1000 tokens/day");
+    // fred was invited with the config's limits (burst 10): a new rate leaves the burst alone.
+    expect(updated.stdout).toContain("2 rps (burst 10), 2 stream(s), 1000 tokens/day");
+    expect(updated.stdout).toContain("The burst stays 10; give --burst to change it.");
     const list = JSON.parse((await run("list", "--json")).stdout) as Array<{ handle: string; limits: { streams: number } }>;
     expect(list.find((user) => user.handle === "fred")?.limits.streams).toBe(2);
   });
 
   it("prints a readable table for list and NDJSON for audit --since", async () => {
     const table = await run("list");
-    expect(table.stdout).toMatch(/handle.*status.*token/);
-    expect(table.stdout).toContain("sk-halo-");
+    expect(table.stdout).toMatch(/^HANDLE +STATUS +SCOPES +EXPIRES/);
+    expect((await run("list", "--wide")).stdout).toContain("sk-halo-");
     const audit = await run("audit", "--since", "2000-01-01T00:00:00Z");
     const lines = audit.stdout.trim().split("\n");
     expect(lines.length).toBeGreaterThan(3);

@@ -197,7 +197,7 @@ const describeResponses = (responses: ParsedResponse[], closed: boolean) =>
 /** A plain authenticated request on its own connection; the marker is in its query and a header. */
 async function innocentRequest(marker: string): Promise<{ responses: ParsedResponse[]; closed: boolean }> {
   const connection = await RawConnection.open();
-  connection.write(`GET /v2/v1/models?m=${marker} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\nConnection: close\r\n\r\n`);
+  connection.write(`GET /v2/v1/models?m=${marker} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\nConnection: close\r\n\r\n`);
   await connection.settle(hasFinalResponse(), 2_500, 0);
   connection.destroy();
   return { responses: parseResponses(connection.data, connection.closed).responses, closed: connection.closed };
@@ -228,7 +228,7 @@ function upstreamSawExactly(label: string, seen: RecordedRequest[], innocents: s
   expect.soft(seen.filter((entry) => /smuggled/.test(entry.target)).map(describeEntry), `${label}: a smuggled request reached the upstream:\n  ${listing}`).toEqual([]);
   expect.soft(seen.filter(leaksCredentials).map(describeEntry), `${label}: the edge secret or a bearer token reached the upstream`).toEqual([]);
   for (const marker of innocents) {
-    const matching = seen.filter((entry) => entry.headers["x-test-marker"] === marker);
+    const matching = seen.filter((entry) => entry.headers["x-request-id"] === marker);
     expect.soft(matching.length, `${label}: innocent ${marker} seen by the upstream:\n  ${listing}`).toBe(1);
     expect.soft(matching[0]?.target, `${label}: innocent ${marker} target`).toBe(`/v1/models?m=${marker}`);
   }
@@ -377,12 +377,12 @@ async function screened(head: (marker: string) => string, opts: { bodiless?: boo
   connection.destroy();
   await sleep(100);
   const { responses } = parseResponses(connection.data, connection.closed, () => Boolean(opts.bodiless));
-  const seen = upstream.recorded.slice(before).filter((entry) => entry.headers["x-test-marker"] === marker || entry.target.includes(marker));
+  const seen = upstream.recorded.slice(before).filter((entry) => entry.headers["x-request-id"] === marker || entry.target.includes(marker));
   return { responses, finals: finalResponses(responses), shown: describeResponses(responses, connection.closed), seen, marker };
 }
 
 const authorized = (marker: string, extra = "", target = `/v2/v1/models?m=${marker}`, host = "127.0.0.1") =>
-  `GET ${target} HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\n${extra}Connection: close\r\n\r\n`;
+  `GET ${target} HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\n${extra}Connection: close\r\n\r\n`;
 
 describe("serve edge: request line and header screening", () => {
   it.each([
@@ -418,7 +418,7 @@ describe("serve edge: request line and header screening", () => {
   });
 
   it("refuses a request without a Host header with 400", async () => {
-    const result = await screened((marker) => `GET /v2/v1/models?m=${marker} HTTP/1.1\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\nConnection: close\r\n\r\n`);
+    const result = await screened((marker) => `GET /v2/v1/models?m=${marker} HTTP/1.1\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\nConnection: close\r\n\r\n`);
     expect.soft(result.finals.map((response) => response.status), result.shown).toEqual([400]);
     expect.soft(result.seen.map(describeEntry), "the upstream saw it").toEqual([]);
   });

@@ -23,7 +23,7 @@ afterAll(async () => {
   await upstream?.close();
 });
 
-const seenWith = (marker: string) => upstream.recorded.filter((entry) => entry.headers["x-test-marker"] === marker);
+const seenWith = (marker: string) => upstream.recorded.filter((entry) => entry.headers["x-request-id"] === marker);
 
 /** One raw HTTP/1.1 exchange, so nothing (client library or URL parser) normalises the bytes sent. */
 function rawRequest(url: string, raw: string): Promise<string> {
@@ -49,7 +49,7 @@ describe("serve: forwarding through the edge", () => {
     const response = await fetch(`${gateway.url}/v2/v1/models?x=1`, {
       headers: {
         ...bearer(token),
-        "x-test-marker": marker,
+        "x-request-id": marker,
         "MF-CF-Blob": JSON.stringify({ clientIp: "6.6.6.6" }),
         "CF-Connecting-IP": "6.6.6.6",
         "X-Forwarded-For": "6.6.6.6",
@@ -80,7 +80,7 @@ describe("serve: forwarding through the edge", () => {
     "*",
   ])("refuses the raw target %s with 400 before any upstream sees it", async (target) => {
     const marker = `m-${Math.random()}`;
-    const reply = await rawRequest(gateway.url, `GET ${target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\nConnection: close\r\n\r\n`);
+    const reply = await rawRequest(gateway.url, `GET ${target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\nConnection: close\r\n\r\n`);
     expect(reply).toMatch(/^HTTP\/1\.1 400 /);
     expect(reply).toContain('"error"');
     expect(seenWith(marker)).toHaveLength(0);
@@ -94,7 +94,7 @@ describe("serve: forwarding through the edge", () => {
     ["DEBUG /v2/v1/models HTTP/1.1", 400],
   ])("answers %s with a 4xx, never a 5xx", async (line, status) => {
     const marker = `m-${Math.random()}`;
-    const reply = await rawRequest(gateway.url, `${line}\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\nConnection: close\r\n\r\n`);
+    const reply = await rawRequest(gateway.url, `${line}\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\nConnection: close\r\n\r\n`);
     expect(reply.slice(0, 12)).toBe(`HTTP/1.1 ${status}`);
     expect(seenWith(marker)).toHaveLength(0);
   });
@@ -106,7 +106,7 @@ describe("serve: forwarding through the edge", () => {
     ["space before the colon", "X-Test : a"],
   ])("refuses %s with 400", async (_name, header) => {
     const marker = `m-${Math.random()}`;
-    const reply = await rawRequest(gateway.url, `GET /v2/v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-test-marker: ${marker}\r\n${header}\r\nConnection: close\r\n\r\n`);
+    const reply = await rawRequest(gateway.url, `GET /v2/v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${token}\r\nx-request-id: ${marker}\r\n${header}\r\nConnection: close\r\n\r\n`);
     expect(reply).toMatch(/^HTTP\/1\.1 400 /);
     expect(seenWith(marker)).toHaveLength(0);
   });

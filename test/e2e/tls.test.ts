@@ -102,7 +102,7 @@ describe("serve --tls", () => {
     } finally {
       await first.stop();
     }
-  });
+  }, 180_000); // three serve starts, each up to tens of seconds on a loaded 2-core machine
 
   it("serves an operator's certificate and re-reads it on SIGHUP without dropping open connections", async () => {
     const files = tempDir("halo-gate-operator-cert-");

@@ -4,7 +4,7 @@ import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
 import { startRecordingUpstream, type RecordingUpstream } from "../support/upstream-server";
-import { bearer, inviteJson, startServe, testWranglerConfig, type Serve } from "./harness";
+import { bearer, cli, inviteJson, startServe, testWranglerConfig, type Serve } from "./harness";
 
 let upstream: RecordingUpstream;
 let audio: WebSocketServer;
@@ -99,6 +99,44 @@ describe("WebSocket /audio/ws through serve", () => {
     });
     expect(raw).toMatch(/^HTTP\/1\.1 400 /);
     expect(upgrades.length).toBe(before);
+  });
+
+  it("an open socket holds one of the user's slots: with streams = 1 a second is refused (429) and its ticket stays usable", async () => {
+    const { token: single } = await inviteJson(gateway.stateDir, "solo", ["--scopes", "audio", "--streams", "1", "--rps", "100", "--burst", "100"]);
+    const first = await open(wsUrl("/audio/ws"), bearer(single));
+    if (!("socket" in first)) throw new Error(`upgrade refused: ${first.status} ${first.body}`);
+    const second = await open(wsUrl("/audio/ws"), bearer(single));
+    expect("status" in second && second.status).toBe(429);
+    const minted = await fetch(`${gateway.url}/auth/ticket`, { method: "POST", headers: { ...bearer(single), "content-type": "application/json" }, body: '{"scope":"audio"}' });
+    const { ticket } = (await minted.json()) as { ticket: string };
+    const refused = await open(wsUrl(`/audio/ws?ticket=${ticket}`));
+    expect("status" in refused && refused.status).toBe(429);
+    // Closing the first frees the slot; the ticket refused above was not used up.
+    const closed = new Promise<void>((resolve) => first.socket.once("close", () => resolve()));
+    first.socket.close();
+    await closed;
+    let retried: Awaited<ReturnType<typeof open>> = { status: 0, body: "" };
+    for (let attempt = 0; attempt < 20; attempt++) {
+      retried = await open(wsUrl(`/audio/ws?ticket=${ticket}`));
+      if ("socket" in retried || retried.status !== 429) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    if (!("socket" in retried)) throw new Error(`the ticket was used up by the refused upgrade: ${retried.status} ${retried.body}`);
+    retried.socket.close();
+  });
+
+  it("revoke closes an open WebSocket within 5 s (close code 1008)", async () => {
+    const { token: doomed } = await inviteJson(gateway.stateDir, "doomed", ["--scopes", "audio"]);
+    const result = await open(wsUrl("/audio/ws"), bearer(doomed));
+    if (!("socket" in result)) throw new Error(`upgrade refused: ${result.status} ${result.body}`);
+    const closed = new Promise<number>((resolve) => result.socket.once("close", (code) => resolve(code)));
+    expect((await cli(["revoke", "doomed", "--state", gateway.stateDir])).code).toBe(0);
+    const revokedAt = Date.now();
+    const code = await closed;
+    const took = Date.now() - revokedAt;
+    expect(code).toBe(1008);
+    expect(took).toBeLessThanOrEqual(5_000);
+    console.log(`revoke → open WebSocket closed in ${took} ms`);
   });
 
   it("does not hold up shutdown: an open WebSocket is cut after the grace period", async () => {

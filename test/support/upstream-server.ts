@@ -24,7 +24,7 @@ export interface RecordingUpstream {
   close(): Promise<void>;
 }
 
-const MARKER = "x-test-marker";
+const MARKER = "x-request-id";
 
 export async function startRecordingUpstream(port = 0): Promise<RecordingUpstream> {
   const recorded: RecordedRequest[] = [];
@@ -77,9 +77,15 @@ async function handle(request: IncomingMessage, response: ServerResponse, record
   if (url.pathname.endsWith("/sse")) {
     const count = Number(url.searchParams.get("n") ?? 3);
     const gap = Number(url.searchParams.get("gap") ?? 200);
+    // `die=K`: the upstream process "crashes" after K events (the socket is reset, no clean end).
+    const die = url.searchParams.has("die") ? Number(url.searchParams.get("die")) : null;
     response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
     for (let index = 0; index < count; index++) {
       if (index > 0) await new Promise((resolve) => setTimeout(resolve, gap));
+      if (index === die) {
+        request.socket.resetAndDestroy();
+        return;
+      }
       response.write(`data: {"event":${index},"sent_at":${Date.now()}}\n\n`);
     }
     response.end();

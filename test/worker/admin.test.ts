@@ -93,6 +93,8 @@ describe("admin API", () => {
 
   it("rotate keeps scopes and expiry, revokes the old token", async () => {
     const first = await admin("POST", "/admin/users", { handle: "bob", scopes: ["v2", "sd"], ttl: "24h" });
+    // Warm the user's object first: it must learn of the rotation, not just reload on a miss.
+    expect((await call("/sd/x", { headers: bearer(first.json?.token as string) })).status).toBe(200);
     const rotated = await admin("POST", "/admin/users/bob/rotate");
     expect(rotated.status).toBe(200);
     expect(rotated.json?.scopes).toEqual(["v2", "sd"]);
@@ -108,7 +110,19 @@ describe("admin API", () => {
     expect(updated.status).toBe(200);
     expect(updated.json?.scopes).toEqual(["sd"]);
     expect(Date.parse(updated.json?.expires_at as string) - Date.now()).toBeGreaterThan(3_500_000);
-    expect(updated.json?.limits).toMatchObject({ rps: 2, burst: 2, streams: 3 });
+    // A new rate leaves the burst as it was (the config's 10): an update changes only what it is given.
+    expect(updated.json?.limits).toMatchObject({ rps: 2, burst: 10, streams: 3 });
+  });
+
+  it("an update reaches the user's object before it returns: scopes and limits apply to the very next request", async () => {
+    const invited = await admin("POST", "/admin/users", { handle: "dave", scopes: ["v2", "sd"], rps: 100, burst: 100 });
+    const token = invited.json?.token as string;
+    expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(200);
+    expect((await call("/sd/x", { headers: bearer(token) })).status).toBe(200);
+    await admin("PATCH", "/admin/users/dave", { scopes: ["sd"], rps: 1, burst: 1 });
+    expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(403);
+    const limited = await call("/sd/x", { headers: bearer(token) });
+    expect(limited.headers.get("x-ratelimit-limit-requests")).toBe("1");
   });
 
   it.each([

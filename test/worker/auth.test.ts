@@ -1,6 +1,7 @@
 import { env, SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { bearer, gatewayClient, marker, recordedWith, seedToken, viaEdge } from "./helpers";
+import { userQuotaStub } from "../../src/quota/durable-object-quota";
+import { bearer, gatewayClient, marker, recordedWith, revokeAsAdmin, seedToken, viaEdge } from "./helpers";
 
 const REALM = 'Bearer realm="halo-gate"';
 
@@ -77,7 +78,7 @@ describe("SPEC §5 authentication rows", () => {
   it("a v2 token on /sd/* → 403 insufficient_scope, and the upstream never sees it", async () => {
     const { token } = await seedToken({ scopes: ["v2"] });
     const m = marker();
-    const response = await call("/sd/sdapi/v1/txt2img", { headers: bearer(token, { "x-test-marker": m }) });
+    const response = await call("/sd/sdapi/v1/txt2img", { headers: bearer(token, { "x-request-id": m }) });
     expect(response.headers.get("www-authenticate")).toBe(`${REALM}, error="insufficient_scope", scope="sd"`);
     await expectError(response, 403, "insufficient_scope");
     expect(await recordedWith(m)).toHaveLength(0);
@@ -100,10 +101,20 @@ describe("SPEC §5 authentication rows", () => {
   });
 
   it("a revoked token is refused on the very next request, right after a successful one", async () => {
-    const { token, tokenId } = await seedToken();
+    const { token, handle } = await seedToken();
     expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(200);
-    await env.DB.prepare("UPDATE tokens SET revoked_at = ?2 WHERE token_id = ?1").bind(tokenId, Date.now()).run();
+    await revokeAsAdmin(handle);
     await expectError(await call("/v2/v1/models", { headers: bearer(token) }), 401, "invalid_token");
+  });
+
+  it("a token revoked in its user's object is refused even if the D1 write then failed", async () => {
+    const { token, handle } = await seedToken();
+    expect((await call("/v2/v1/models", { headers: bearer(token) })).status).toBe(200);
+    await userQuotaStub(env.USER_QUOTA, handle).revoke(handle); // and no D1 update
+    await expectError(await call("/v2/v1/models", { headers: bearer(token) }), 401, "invalid_token");
+    // A token issued later (a new invite) is not covered by that revocation.
+    const { token: later } = await seedToken({ handle });
+    expect((await call("/v2/v1/models", { headers: bearer(later) })).status).toBe(200);
   });
 
   it("records last_used_at off the request path", async () => {
@@ -115,7 +126,7 @@ describe("SPEC §5 authentication rows", () => {
 
   it("the studio route needs no token and gets no identity headers", async () => {
     const m = marker();
-    const response = await call("/studio/index.html", { headers: { "x-test-marker": m, "x-halo-user": "mallory" } });
+    const response = await call("/studio/index.html", { headers: { "x-request-id": m, "x-halo-user": "mallory" } });
     expect(response.status).toBe(200);
     const [seen] = await recordedWith(m);
     expect(seen?.target).toBe("/studio/index.html");

@@ -62,6 +62,52 @@ describe("configuration (zod, validated at start)", () => {
     expect(problemsOf({ routes: [route], default_scopes: ["sd"] })).toContain('HALO_CONFIG.default_scopes[0]: "sd" names no route');
   });
 
+  describe("a Host-matched route may not be weaker than the generic route it stands in for (any client chooses its Host)", () => {
+    const upstream = "http://127.0.0.1:1";
+    const v2 = { name: "v2", path: "/v2", upstream, strip_prefix: true, auth: "bearer", metered: true };
+    const hosted = (route: Record<string, unknown>) => ({ name: "v2", path: "/v2", host: "studio.mesh", upstream, strip_prefix: true, auth: "bearer", metered: true, ...route });
+
+    it.each([
+      ["auth none in front of a bearer /v2", { auth: "none", metered: false }, 'auth = "none" where it has auth = "bearer"'],
+      ["a ticket route in front of a bearer /v2", { auth: "bearer_or_ticket" }, 'auth = "bearer_or_ticket" where it has auth = "bearer"'],
+      ["another scope", { name: "cheap" }, 'scope "cheap" where it needs scope "v2"'],
+      ["an explicit weaker scope", { scope: "sd" }, 'scope "sd" where it needs scope "v2"'],
+      ["an unmetered twin", { metered: false }, "not metered where it is metered"],
+      ["a sub-path of /v2", { path: "/v2/v1", auth: "none", metered: false }, 'auth = "none"'],
+      ["an exact path under /v2", { path: "/v2/v1/chat/completions", match: "exact", auth: "none", metered: false }, 'auth = "none"'],
+    ])("refuses %s, naming the route", (_what, route, why) => {
+      const problems = problemsOf({ routes: [v2, hosted(route), { name: "sd", path: "/sd", upstream, auth: "bearer" }] });
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toMatch(/^HALO_CONFIG\.routes\[1\]: route "\w+" \(host studio\.mesh, path \/v2[^)]*\) is weaker than routes\[0\] "v2" \(path \/v2\)/);
+      expect(problems[0]).toContain(why);
+      expect(problems[0]).toContain("Any client can send Host: studio.mesh");
+    });
+
+    it("refuses it whatever the order of the routes", () => {
+      expect(problemsOf({ routes: [hosted({ auth: "none", metered: false }), v2] })[0]).toMatch(/^HALO_CONFIG\.routes\[0\]: .* routes\[1\] "v2"/);
+    });
+
+    it.each([
+      ["the same auth, scope and metering (another upstream)", [hosted({ upstream: "http://127.0.0.1:2" })]],
+      ["a stricter twin (bearer in front of a ticket route)", [{ name: "audio", path: "/audio/ws", match: "exact", upstream: "ws://127.0.0.1:1/ws", auth: "bearer_or_ticket" }, { name: "audio", path: "/audio/ws", match: "exact", host: "box.mesh", upstream: "ws://127.0.0.1:2/ws", auth: "bearer" }]],
+      ["a metered twin of an unmetered route", [{ name: "sd", path: "/sd", upstream, auth: "bearer" }, { name: "sd", path: "/sd", host: "box.mesh", upstream, auth: "bearer", metered: true }]],
+      ["a Host route on a path no generic route serves", [{ name: "studio", path: "/studio", host: "studio.mesh", upstream, auth: "none" }]],
+      ["an open Host route above a longer generic route, which keeps its own paths", [{ name: "tools", path: "/tools/admin", upstream, auth: "bearer" }, { name: "tools", path: "/tools", host: "x.mesh", upstream, auth: "none" }]],
+      ["a twin of an auth-none route", [{ name: "studio", path: "/studio", upstream, auth: "none" }, { name: "studio", path: "/studio", host: "x.mesh", upstream: "http://127.0.0.1:2", auth: "none" }]],
+    ])("accepts %s", (_what, routes) => {
+      expect(() => parseConfig({ routes: [v2, ...routes] })).not.toThrow();
+    });
+
+    it("compares a Host route with the generic route that would serve its paths, not a shorter one it does not take", () => {
+      const routes = [
+        v2,
+        { name: "tools", path: "/v2/tools", upstream, auth: "bearer" },
+        { name: "tools", path: "/v2/tools", host: "studio.mesh", upstream, auth: "bearer" },
+      ];
+      expect(() => parseConfig({ routes })).not.toThrow();
+    });
+  });
+
   it.each([
     [{ timezone: "Mars/Olympus" }, "HALO_CONFIG.timezone"],
     [{ upstream_timeout: "soon" }, "HALO_CONFIG.upstream_timeout"],
@@ -72,6 +118,14 @@ describe("configuration (zod, validated at start)", () => {
   ])("%j is refused, naming %s", (raw, key) => {
     const problems = problemsOf(raw);
     expect(problems.some((problem) => problem.startsWith(key)), problems.join("\n")).toBe(true);
+  });
+
+  it.each([
+    [{ default_ttl: "366d" }, "HALO_CONFIG.default_ttl: default_ttl must be at most 365d"],
+    [{ upstream_timeout: "999999999d" }, "HALO_CONFIG.upstream_timeout: upstream_timeout must be at most 24h"],
+    [{ quota_lease: "25h" }, "HALO_CONFIG.quota_lease: quota_lease must be at most 24h"],
+  ])("an overlong duration %j is refused, naming the maximum", (raw, problem) => {
+    expect(problemsOf(raw)).toEqual([problem]);
   });
 
   it.each(["https://box.tail1234.ts.net", "https://box.tail1234.ts.net:8443/", "http://100.64.0.1:8443", "https://[fd7a:115c:a1e0::1]:8443"])(

@@ -30,7 +30,7 @@ describe("the edge secret", () => {
   it("a compute request with a valid token but no secret is refused before the token is looked at; the upstream is untouched", async () => {
     const { token } = await seedToken();
     const m = marker();
-    await expectEdgeRequired(await bare("/v2/v1/models", { headers: bearer(token, { "x-test-marker": m, "x-halo-client-addr": "100.64.0.9" }) }));
+    await expectEdgeRequired(await bare("/v2/v1/models", { headers: bearer(token, { "x-request-id": m, "x-halo-client-addr": "100.64.0.9" }) }));
     expect(await recordedWith(m)).toHaveLength(0);
   });
 
@@ -43,7 +43,7 @@ describe("the edge secret", () => {
     const { token } = await seedToken();
     const m = marker();
     for (const path of ["/healthz", "/api/info", "/v2/v1/models"]) {
-      await expectEdgeRequired(await bare(path, { headers: bearer(token, { "x-test-marker": m, "x-halo-edge-secret": secret }) }));
+      await expectEdgeRequired(await bare(path, { headers: bearer(token, { "x-request-id": m, "x-halo-edge-secret": secret }) }));
     }
     expect(await recordedWith(m)).toHaveLength(0);
   });
@@ -62,7 +62,7 @@ describe("the edge secret", () => {
     const { token } = await seedToken();
     const m = marker();
     const response = await gatewayClient()("/v2/v1/models", {
-      headers: bearer(token, { "x-test-marker": m, "x-halo-client-addr": "100.64.1.8", "x-halo-tls-fingerprint": "sha256:ab" }),
+      headers: bearer(token, { "x-request-id": m, "x-halo-client-addr": "100.64.1.8", "x-halo-tls-fingerprint": "sha256:ab" }),
     });
     expect(response.status).toBe(200);
     const [seen] = await recordedWith(m);
@@ -80,7 +80,7 @@ describe("the edge secret", () => {
     for (const [path, headers] of [
       ["/healthz", {}],
       ["/api/info", {}],
-      ["/v2/v1/models", bearer(token, { "x-test-marker": m, "x-halo-client-addr": "6.6.6.6", "x-halo-edge-secret": "guess" })],
+      ["/v2/v1/models", bearer(token, { "x-request-id": m, "x-halo-client-addr": "6.6.6.6", "x-halo-edge-secret": "guess" })],
     ] as const) {
       const ctx = createExecutionContext();
       const response = await app.fetch(new Request(`http://gateway.test${path}`, { headers }), noEdge, ctx);

@@ -13,7 +13,7 @@ describe("forwarding (SPEC §4)", () => {
     const { token, tokenId, handle } = await seedToken();
     const m = marker();
     const response = await call("/v2/v1/models?q=a%2Fb&x=%20y&flag", {
-      headers: bearer(token, { "x-test-marker": m, ...EDGE }),
+      headers: bearer(token, { "x-request-id": m, ...EDGE }),
     });
     expect(response.status).toBe(200);
     expect(response.headers.get("x-upstream")).toBe("recording");
@@ -37,7 +37,7 @@ describe("forwarding (SPEC §4)", () => {
   ])("%s reaches the upstream as %s", async (path, expected) => {
     const { token } = await seedToken({ scopes: ["v2", "lemon"] });
     const m = marker();
-    expect((await call(path, { headers: bearer(token, { "x-test-marker": m }) })).status).toBe(200);
+    expect((await call(path, { headers: bearer(token, { "x-request-id": m }) })).status).toBe(200);
     expect((await recordedWith(m))[0]?.target).toBe(expected);
   });
 
@@ -51,10 +51,10 @@ describe("forwarding (SPEC §4)", () => {
     });
     const { token } = await seedToken();
     const hosted = marker();
-    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "Studio.Mesh", "x-test-marker": hosted }) });
+    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "Studio.Mesh", "x-request-id": hosted }) });
     expect((await recordedWith(hosted))[0]?.target).toBe("/hosted/x");
     const generic = marker();
-    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "other.mesh", "x-test-marker": generic }) });
+    await gatewayClient(config)("/v2/x", { headers: bearer(token, { host: "other.mesh", "x-request-id": generic }) });
     expect((await recordedWith(generic))[0]?.target).toBe("/x");
   });
 
@@ -62,7 +62,7 @@ describe("forwarding (SPEC §4)", () => {
     const { token } = await seedToken();
     const m = marker();
     const response = await call("/v2/x", {
-      headers: bearer(token, { "x-test-marker": m, "x-halo-edge-secret": "guess", "x-halo-client-addr": "6.6.6.6" }),
+      headers: bearer(token, { "x-request-id": m, "x-halo-edge-secret": "guess", "x-halo-client-addr": "6.6.6.6" }),
     });
     expect(response.status).toBe(403);
     expect(await recordedWith(m)).toHaveLength(0);
@@ -73,7 +73,7 @@ describe("forwarding (SPEC §4)", () => {
     const m = marker();
     const response = await call("/v2/v1/echo", {
       method: "POST",
-      headers: bearer(token, { "x-test-marker": m, "content-type": "application/json" }),
+      headers: bearer(token, { "x-request-id": m, "content-type": "application/json" }),
       body: JSON.stringify({ prompt: "x".repeat(500) }),
     });
     expect(response.status).toBe(200);
@@ -112,7 +112,7 @@ describe("forwarding (SPEC §4)", () => {
     const m = marker();
     const response = await call("/v2/v1/echo", {
       method: "POST",
-      headers: bearer(token, { "x-test-marker": m, "content-length": "2048" }),
+      headers: bearer(token, { "x-request-id": m, "content-length": "2048" }),
       body: "x".repeat(2048),
     });
     expect(response.status).toBe(413);
@@ -131,7 +131,7 @@ describe("forwarding (SPEC §4)", () => {
     });
     const response = await call("/v2/v1/echo", {
       method: "POST",
-      headers: bearer(token, { "x-test-marker": m }),
+      headers: bearer(token, { "x-request-id": m }),
       body,
       // @ts-expect-error -- duplex is required by the fetch spec for stream bodies; workers-types lacks it
       duplex: "half",

@@ -1,7 +1,9 @@
 /** Helpers for tests that run inside workerd against real D1 and a real loopback upstream. */
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { inject } from "vitest";
+import { revokeUser } from "../../src/admin/users";
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../../src/auth/token";
+import { userQuotaStub } from "../../src/quota/durable-object-quota";
 import { parseConfig, type GatewayConfig } from "../../src/config/schema";
 import { createGateway, type GatewayOptions } from "../../src/gateway";
 import { EDGE_SECRET_HEADER } from "../../src/http/client-address";
@@ -117,3 +119,9 @@ export async function recordedWith(marker: string): Promise<Recorded[]> {
 }
 
 export const marker = () => `m-${crypto.randomUUID()}`;
+
+/** What `halo-gate revoke` does through the admin API: the user's object first, then D1. */
+export async function revokeAsAdmin(handle: string): Promise<void> {
+  await userQuotaStub(env.USER_QUOTA, handle).revoke(handle);
+  await revokeUser(env.DB, handle, Date.now());
+}

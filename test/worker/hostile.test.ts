@@ -69,7 +69,7 @@ const PATH_VARIANTS: Array<[family: string, path: string]> = [
 describe.each(PATH_VARIANTS)("path family %s", (family, path) => {
   it(`${path} → 4xx, upstream untouched`, async () => {
     const m = marker();
-    const response = await call(path, { headers: { authorization: `Bearer ${token}`, "x-test-marker": m } });
+    const response = await call(path, { headers: { authorization: `Bearer ${token}`, "x-request-id": m } });
     expect(response.status, `${family}: ${path}`).toBeGreaterThanOrEqual(400);
     expect(response.status).toBeLessThan(500);
     expect(response.headers.get("content-type")).toMatch(/^application\/json/);
@@ -83,7 +83,7 @@ const METHOD_VARIANTS = ["PROPFIND", "PROPPATCH", "MKCOL", "LOCK", "UNLOCK", "CO
 describe.each(METHOD_VARIANTS)("odd method %s", (method) => {
   it("→ 405, upstream untouched", async () => {
     const m = marker();
-    const response = await call("/v2/v1/models", { method, headers: { authorization: `Bearer ${token}`, "x-test-marker": m } });
+    const response = await call("/v2/v1/models", { method, headers: { authorization: `Bearer ${token}`, "x-request-id": m } });
     expect(response.status).toBe(405);
     expect(response.headers.get("allow")).toContain("GET");
     expect(await recordedWith(m)).toHaveLength(0);
@@ -107,7 +107,7 @@ describe.each(HEADER_VARIANTS)("header family %s", (_family, headers) => {
   it("→ 4xx, upstream untouched", async () => {
     const m = marker();
     const all = new Headers(headers());
-    all.set("x-test-marker", m);
+    all.set("x-request-id", m);
     const response = await call(`/v2/v1/models?access_token=${token}`, { headers: all });
     expect(response.status).toBeGreaterThanOrEqual(400);
     expect(response.status).toBeLessThan(500);
@@ -146,7 +146,7 @@ describe("identity and address headers a client sends never reach the upstream",
   it.each(CASES)("%s: %s is stripped and the gateway's own headers stand", async (_mode, name, value, through) => {
     const { token: own, handle, tokenId } = await seedToken();
     const m = marker();
-    const headers = new Headers({ authorization: `Bearer ${own}`, "x-test-marker": m });
+    const headers = new Headers({ authorization: `Bearer ${own}`, "x-request-id": m });
     headers.set(name, value);
     const response = await through("/v2/v1/models", { headers });
     expect(response.status).toBe(200);
@@ -168,7 +168,7 @@ describe("identity and address headers a client sends never reach the upstream",
     const response = await call("/v2/v1/models", {
       headers: {
         authorization: `Bearer ${own}`,
-        "x-test-marker": m,
+        "x-request-id": m,
         connection: "close, X-Halo-User, x-halo-token-id, X-Forwarded-For, x-test-hop",
         "x-test-hop": "dropped",
       },

@@ -50,7 +50,7 @@ describe("storage failures answer 503 storage_unavailable", () => {
     const { token } = await seedToken({ limits: ROOMY });
     const call = gatewayClient(testConfig(), {}, { env: { DB: failingDb(EVERYTHING) } });
     const m = marker();
-    await expectStorageUnavailable(await call("/v2/v1/models", { headers: bearer(token, { "x-test-marker": m }) }));
+    await expectStorageUnavailable(await call("/v2/v1/models", { headers: bearer(token, { "x-request-id": m }) }));
     await expectStorageUnavailable(await call("/auth/ticket", { method: "POST", headers: bearer(token) }));
     expect(await recordedWith(m)).toHaveLength(0);
   });
@@ -58,12 +58,13 @@ describe("storage failures answer 503 storage_unavailable", () => {
   it("a request whose quota object cannot write (a Durable Object reset by a failed write)", async () => {
     const { token } = await seedToken({ limits: ROOMY });
     const cannotWrite: QuotaService = {
-      admit: () => Promise.reject(Object.assign(new Error("database or disk is full: SQLITE_FULL"), { durableObjectReset: true })),
-      renew: () => Promise.resolve(),
+      authorize: () => Promise.reject(Object.assign(new Error("database or disk is full: SQLITE_FULL"), { durableObjectReset: true })),
+      profile: () => Promise.resolve(null),
+      renew: () => Promise.resolve(true),
       release: () => Promise.resolve(),
     };
     const m = marker();
-    await expectStorageUnavailable(await gatewayClient(testConfig(), { quota: () => cannotWrite })("/v2/v1/models", { headers: bearer(token, { "x-test-marker": m }) }));
+    await expectStorageUnavailable(await gatewayClient(testConfig(), { quota: () => cannotWrite })("/v2/v1/models", { headers: bearer(token, { "x-request-id": m }) }));
     expect(await recordedWith(m)).toHaveLength(0);
   });
 

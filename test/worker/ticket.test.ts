@@ -1,8 +1,7 @@
 /** WebSocket tickets (SPEC §4): POST /auth/ticket → `?ticket=` on bearer_or_ticket routes. */
-import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { decodeJwt } from "jose";
-import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig } from "./helpers";
+import { bearer, gatewayClient, marker, recordedWith, revokeAsAdmin, seedToken, testConfig } from "./helpers";
 
 const ROOMY = { rps: 1000, burst: 1000, streams: 100, daily_tokens: 1_000_000 };
 
@@ -23,7 +22,7 @@ describe("WebSocket tickets", () => {
     expect(JSON.stringify(claims)).not.toContain(token);
 
     const m = marker();
-    const used = await gatewayClient()(`/audio/ws?x=1&ticket=${ticket}&y=2`, { headers: { "x-test-marker": m } });
+    const used = await gatewayClient()(`/audio/ws?x=1&ticket=${ticket}&y=2`, { headers: { "x-request-id": m } });
     expect(used.status).toBe(200);
     const [seen] = await recordedWith(m);
     expect(seen?.target).toBe("/wsbase?x=1&y=2");
@@ -46,9 +45,9 @@ describe("WebSocket tickets", () => {
   });
 
   it("refuses a ticket once its token is revoked", async () => {
-    const { token, tokenId } = await seedToken({ scopes: ["audio"], limits: ROOMY });
+    const { token, handle } = await seedToken({ scopes: ["audio"], limits: ROOMY });
     const { ticket } = (await (await mint(token)).json()) as { ticket: string };
-    await env.DB.prepare("UPDATE tokens SET revoked_at = ?2 WHERE token_id = ?1").bind(tokenId, Date.now()).run();
+    await revokeAsAdmin(handle);
     expect((await gatewayClient()(`/audio/ws?ticket=${ticket}`)).status).toBe(401);
   });
 
