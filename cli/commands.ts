@@ -3,7 +3,7 @@
  * description, default). cli/args.ts derives the parser and the help from this table, and
  * cli/main.ts must give each entry a runner (the compiler refuses a missing one).
  */
-import { MAX_TTL } from "../src/config/duration";
+import { MAX_ROTATE_GRACE, MAX_TTL } from "../src/config/duration";
 import { HANDLE_RULE, LIMIT_BOUNDS } from "../src/config/schema";
 import type { ArgSpec, CommandInput, CommandSpec, FlagSpec } from "./args";
 import { DEFAULT_TAILSCALED_SOCKET } from "./doctor/tailscaled";
@@ -20,6 +20,13 @@ const scopes = {
 } as const satisfies FlagSpec;
 
 const ttl = { kind: "duration", max: MAX_TTL, description: `how long the token is valid, e.g. 10d, 24h, 30m (at most ${MAX_TTL})`, otherwise: "the config's default_ttl" } as const satisfies FlagSpec;
+
+/** The mesh user a user's token works from (issue 10). */
+const meshUser = {
+  kind: "string",
+  value: "NAME|ID",
+  description: "the mesh (Headscale) user whose devices may use the token: a numeric id as is, a name resolved with headscale on PATH",
+} as const satisfies FlagSpec;
 
 /** The per-user limits of invite and update. */
 const LIMIT_FLAGS = {
@@ -74,6 +81,7 @@ export const COMMANDS = {
       ttl,
       ...LIMIT_FLAGS,
       authkey: { kind: "string", value: "KEY", description: "the pre-auth key to put in the message", otherwise: "a single-use 24 h key from headscale when it is on PATH" },
+      "mesh-user": { ...meshUser, otherwise: "the Headscale user invite creates or finds (headscale on PATH, not with --json)" },
       json,
     },
     examples: ["halo-gate invite alice --scopes v2,sd", "halo-gate invite bob --ttl 24h --rps 2 --json"],
@@ -86,20 +94,24 @@ export const COMMANDS = {
   },
   rotate: {
     summary: "give the user a new token (same scopes, limits and expiry) and print a ready-to-send message",
-    description: "Replaces the user's active token: the old one is refused at once, the new one keeps its scopes, limits and expiry. Prints the same ready-to-send message as invite.",
+    description: "Replaces the user's active token: the old one is refused at once (or, with --grace, keeps working that long so the user can switch clients), the new one keeps its scopes, limits and expiry. Prints the same ready-to-send message as invite.",
     args: [handle],
-    flags: { json },
+    flags: {
+      grace: { kind: "duration", max: MAX_ROTATE_GRACE, description: `how long the old token keeps working, e.g. 1h (at most ${MAX_ROTATE_GRACE})`, otherwise: "none: refused at once" },
+      json,
+    },
   },
   update: {
     summary: "change a user's expiry, scopes or limits",
     description: "Changes only what is given: --ttl counts from now, --scopes replaces the list, and a limit changes that limit alone (--rps keeps the burst; give --burst to change it).",
     args: [handle],
-    flags: unchanged({ ttl, scopes, ...LIMIT_FLAGS }),
+    flags: { ...unchanged({ ttl, scopes, ...LIMIT_FLAGS }), "mesh-user": { ...meshUser, otherwise: "unchanged" } },
     examples: ["halo-gate update alice --ttl 10d --scopes v2", "halo-gate update bob --rps 2 --burst 4"],
   },
   list: {
     summary: "every user: status, scopes, expiry, last use, tokens today",
-    description: "Lists every user with their current token. Times are UTC, to the second.",
+    description:
+      "Lists every user with their current token. Times are UTC, to the second. --wide adds the mesh user each token works from and the device it was last used from; users whose requests mesh.identity refuses (or would refuse) for want of a mesh user are named below the table.",
     args: [],
     flags: { wide, json },
   },

@@ -226,10 +226,31 @@ async function findUserId(run: Run, handle: string): Promise<string | undefined>
 
 /** A single-use, untagged pre-auth key valid for 24 h, creating the Headscale user first if needed. */
 export async function mintPreAuthKey(handle: string, options: HeadscaleOptions = {}): Promise<string> {
-  const mintByHand = () => [commandLine(["users", "create", handle]), commandLine(["preauthkeys", "create", "--user", "<USER_ID>", "--expiration", "24h"])];
+  return (await mintPreAuthKeyFor(handle, options)).key;
+}
+
+/**
+ * The numeric id of the Headscale user named `name` (what tailscaled's whois reports as
+ * UserProfile.ID on a Headscale mesh, issue 10), or undefined when there is no such user. Throws a
+ * HeadscaleError when headscale is missing, unsupported or fails.
+ */
+export async function headscaleUserId(name: string, options: HeadscaleOptions = {}): Promise<string | undefined> {
+  await supportedVersion(options, () => [commandLine(["users", "list"])]);
+  return findUserId(runner(options), name);
+}
+
+/**
+ * `mintPreAuthKey`, also saying which Headscale user id the key (and so the user's devices) belongs
+ * to. With `userId` (an owner named by hand, `invite --mesh-user`) the key is that user's instead.
+ */
+export async function mintPreAuthKeyFor(handle: string, options: HeadscaleOptions = {}, userId?: string): Promise<{ key: string; userId: string }> {
+  const mintByHand = () =>
+    userId === undefined
+      ? [commandLine(["users", "create", handle]), commandLine(["preauthkeys", "create", "--user", "<USER_ID>", "--expiration", "24h"])]
+      : [commandLine(["preauthkeys", "create", "--user", userId, "--expiration", "24h"])];
   await supportedVersion(options, mintByHand);
   const run = runner(options);
-  let id = await findUserId(run, handle);
+  let id = userId ?? (await findUserId(run, handle));
   if (id === undefined) {
     await run(["users", "create", handle]);
     id = await findUserId(run, handle);
@@ -239,7 +260,7 @@ export async function mintPreAuthKey(handle: string, options: HeadscaleOptions =
   const output = await run(["preauthkeys", "create", "--user", id, "--expiration", "24h", "-o", "json"]);
   const key = (JSON.parse(output) as PreAuthKey).key;
   if (!key) throw new HeadscaleError("headscale printed no key");
-  return key;
+  return { key, userId: id };
 }
 
 /** The same failure saying what happened (its message is one line: a caller may print only the first). */

@@ -8,7 +8,7 @@ import { toSecond } from "./output";
 import type { RuntimeInfo, RuntimeRoute } from "./state";
 
 /**
- * What the default routes (SPEC §3) serve upstream, for the check and the apps' base URL. A route
+ * What the default routes (docs/contract.md §3) serve upstream, for the check and the apps' base URL. A route
  * not listed here is checked with GET <path>/, or <path>/v1/models when it is metered (an LLM).
  */
 const KNOWN_APIS: Record<string, { check: string; api?: { base: string; what: string } }> = {
@@ -118,11 +118,12 @@ export function accessMessage(input: MessageInput): string {
 
   const use = usageLines(base, mine);
   const open = routes.filter((route) => route.auth === "none" && !route.host).map((route) => `${base}${route.path}${route.match === "prefix" ? "/" : ""}`);
-  const connect = routes.some((route) => route.path === "/v2" && !route.host && route.scope !== null && issued.scopes.includes(route.scope));
   step(
     "Use it:",
     ...use,
-    ...(connect ? [`Browser: ${base}/_halo/connect checks the token${mine.some((route) => route.websocket) ? " and the audio stream" : ""}`] : []),
+    // The connect page checks any token through /api/me, whatever its scopes.
+    `Browser: ${base}/_halo/connect checks the token${mine.some((route) => route.websocket) ? " and the audio stream" : ""} and shows what it may use`,
+    `Who am I, what may I use, when does it end: GET ${base}/api/me with the token`,
     ...(open.length ? [`On the mesh, no token needed: ${open.join(", ")}`] : []),
     `Phone: install Tailscale, choose "Use an alternate server" with ${loginServer}, sign in with the key above.`,
   );

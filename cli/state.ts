@@ -61,6 +61,8 @@ export interface RuntimeInfo {
   login_server?: string;
   max_users?: number;
   routes?: RuntimeRoute[];
+  /** HALO_CONFIG.mesh.identity (issue 10): `list` names the users it would refuse. */
+  mesh_identity?: "off" | "warn" | "enforce";
 }
 
 /** A route as the invite message needs it (no upstream). */

@@ -14,6 +14,7 @@ import { issueTicket, takeTicket, verifyTicket, type TicketClaims } from "./auth
 import { D1TokenStore, type TokenIdentity } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig, UserLimits } from "./config/schema";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
+import { meshAuditReason, meshCheck, type MeshVerdict } from "./mesh/identity";
 import { errorResponse, errors } from "./http/errors";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
@@ -47,6 +48,14 @@ interface Authorized {
   quota: QuotaService;
   admission: Admission | null;
   limits: UserLimits | null;
+  /** For the request's audit row: the device it came from, and a mesh would-deny under `warn`. */
+  note: AuditNote;
+}
+
+/** What the mesh check adds to an audit row (issue 10). */
+interface AuditNote {
+  reason?: string;
+  detail?: Record<string, unknown>;
 }
 
 /** Methods that submit work; they hold a concurrent slot (see handleCompute). */
@@ -76,9 +85,11 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.post("/auth/ticket", handleTicket);
   // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
   app.get("/api/me", async (c) => {
-    const { token, quota } = await authorizeRequest(c, { name: "api/me", scope: null }, null, false);
+    const { token, quota, note } = await authorizeRequest(c, { name: "api/me", scope: null }, null, false);
     const profile = await quota.profile(token, now(), config.limits, config.timezone);
     if (!profile) throw errors.invalidToken();
+    // A mesh would-deny (warn) is recorded here too; other /api/me calls leave no row, as before.
+    if (note.reason) recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", handle: token.handle, tokenId: token.tokenId, route: "api/me", status: 200, client: c.var.peer.address, ...note }, auditFlushMs);
     return c.json(profile, 200, NO_STORE);
   });
   app.all("*", handleCompute);
@@ -105,19 +116,35 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       let claims: TicketClaims | null = null;
       if (ticket === null) token = await identifyBearer(c.req.header("authorization") ?? null, store);
       else token = claims = await verifyTicket(ticket, route.scope ?? "", c.env.TICKET_SECRET, now());
-      const request: AuthorizeRequest = { token, scope: route.scope, now: now(), admit, ...(claims ? { ticket: { jti: claims.jti, expiresAt: claims.expiresAt } } : {}) };
+      // Whose device this is, when the edge looked (issue 10): compared by the object, after the token.
+      const mesh = meshCheck(config, c.var.peer.mesh);
+      const request: AuthorizeRequest = {
+        token,
+        scope: route.scope,
+        now: now(),
+        admit,
+        ...(claims ? { ticket: { jti: claims.jti, expiresAt: claims.expiresAt } } : {}),
+        ...(mesh ? { mesh } : {}),
+      };
       const decision = await quota.authorize(request).catch((error: unknown) => {
         if (isStorageFailure(error)) throw error; // it can answer, but not write: onError says so
         console.error(`halo-gate: quota service failed for ${token!.handle}: ${error instanceof Error ? error.message : String(error)}`);
         throw errors.quotaUnavailable();
       });
+      if (!decision.ok && decision.reason === "mesh") throw meshDenied(decision.mesh, token);
       // A ticket already used is as good as none: the same 401 as an unknown token.
       if (!decision.ok) throw authDenied(decision.reason === "ticket_used" ? "unknown" : decision.reason, route.scope ?? "", token);
-      c.executionCtx.waitUntil(store.touch(token.tokenId, now()).catch(logStorageFailure("last_used_at")));
-      return { token, quota, admission: decision.admission, limits: decision.limits };
+      const device = decision.mesh?.device ?? null;
+      c.executionCtx.waitUntil(store.touch(token.tokenId, now(), device).catch(logStorageFailure("last_used_at")));
+      return { token, quota, admission: decision.admission, limits: decision.limits, note: auditNote(decision.mesh) };
     } catch (error) {
       if (!(error instanceof AuthDenied)) throw error;
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: route.name, status: error.response.status, client }, auditFlushMs);
+      recordAuthDecision(
+        c.env.DB,
+        c.executionCtx,
+        { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: route.name, status: error.response.status, client, ...(error.detail ? { detail: error.detail } : {}) },
+        auditFlushMs,
+      );
       if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()).catch(logStorageFailure("failed-auth throttle")));
       throw error;
     }
@@ -133,8 +160,8 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     }
     if (!c.env.TICKET_SECRET) throw errors.ticketsDisabled();
     const client = c.var.peer.address;
-    const { token } = await authorizeRequest(c, { name: "auth/ticket", scope }, null, false);
-    recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client }, auditFlushMs);
+    const { token, note } = await authorizeRequest(c, { name: "auth/ticket", scope }, null, false);
+    recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client, ...note }, auditFlushMs);
     return c.json(await issueTicket(c.env.TICKET_SECRET, token, scope, now()), 201, { "cache-control": "no-store" });
   }
 
@@ -166,12 +193,12 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const holdsSlot = webSocket || SUBMITS_WORK.has(request.method);
     const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot, enforce: config.quotas };
     const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, ticket, admit);
-    const { token, quota } = authorized;
+    const { token, quota, note } = authorized;
     // Asked to admit, the object always answers with an admission and the user's limits.
     const [admission, limits] = [authorized.admission!, authorized.limits!];
     const identity = { handle: token.handle, tokenId: token.tokenId };
     if (!admission.admitted) {
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit }, auditFlushMs);
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit, ...(note.detail ? { detail: note.detail } : {}) }, auditFlushMs);
       return quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
     }
 
@@ -186,7 +213,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       now,
       tally,
       waitUntil: (promise) => c.executionCtx.waitUntil(promise),
-      onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit }, auditFlushMs),
+      onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit, ...note }, auditFlushMs),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
     let upstream: Response;
@@ -239,6 +266,28 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
 }
 
 const NO_STORE = { "cache-control": "no-store" };
+
+/** The audit row's device (when the edge said) and, under `warn`, the would-deny (issue 10). */
+function auditNote(verdict: MeshVerdict | undefined): AuditNote {
+  if (!verdict) return {};
+  const device = verdict.device ? { device: verdict.device } : {};
+  if (verdict.kind === "match") return verdict.device ? { detail: device } : {};
+  return { reason: meshAuditReason(verdict.finding), detail: { ...device, mesh: verdict.finding } };
+}
+
+/** Issue 10's refusal, in the user's words: 403 `mesh_mismatch`, or 503 when tailscaled could not say. */
+function meshDenied(verdict: MeshVerdict & { kind: "refuse" }, token: TokenIdentity): AuthDenied {
+  const detail = { mesh: verdict.finding, ...(verdict.device ? { device: verdict.device } : {}) };
+  if (verdict.finding === "unavailable") return new AuthDenied("mesh_unavailable", errors.meshUnavailable().getResponse(), token, detail);
+  const on = verdict.device ? ` (${verdict.device})` : "";
+  const message = {
+    other_user: `This token belongs to another mesh user than the device this request came from${on}. Use your token only from your own devices on the mesh.`,
+    unknown: "This request did not come from a device on the mesh, and a halo-gate token works only from its owner's mesh devices. Connect from your own device on the mesh.",
+    tagged: `This request came from a tagged mesh device${on}, which belongs to no user, and a halo-gate token works only from its owner's devices. Use your own device.`,
+    unbound: `This token is not bound to a mesh user yet, so halo-gate cannot tell your devices from others'. Ask the operator to bind it: halo-gate update ${token.handle} --mesh-user <your mesh user>.`,
+  }[verdict.finding];
+  return new AuthDenied("mesh_mismatch", errors.meshMismatch(message).getResponse(), token, detail);
+}
 
 /** A write made off the request path failed: logged, and never the request's failure. */
 const logStorageFailure = (what: string) => (error: unknown) => {

@@ -4,7 +4,9 @@
  * crons, and on SIGTERM/SIGINT finishes in-flight requests before exiting 0.
  */
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
+import type { GatewayConfig } from "../../src/config/schema";
 import { CliError } from "../errors";
 import { applyMigrations } from "../serve/migrations";
 import { checkBindAllowed, formatHostPort, parseBindAddress, tailscaleAddress } from "../serve/bind";
@@ -12,6 +14,7 @@ import { bundleWorker } from "../serve/bundle";
 import { startCore } from "../serve/core";
 import { scheduleCrons, validateCron } from "../serve/cron";
 import { startEdge, type Edge, type TlsCredentials } from "../serve/edge";
+import { createMeshResolver, type MeshResolver } from "../serve/mesh-identity";
 import { servedHosts } from "../serve/edge-screen";
 import type { TlsMaterial } from "../serve/tls";
 import { childPids, reapOrphan } from "../serve/orphans";
@@ -34,7 +37,7 @@ export interface ServeOptions {
   allowInsecureExposure: boolean;
   cron?: string | undefined;
   config?: string | undefined;
-  /** How long `--bind tailscale` waits for the mesh (SPEC: 60 s). */
+  /** How long `--bind tailscale` waits for the mesh (docs/contract.md §1: 60 s). */
   meshWaitMs: number;
   /** How long shutdown waits for in-flight requests. */
   graceMs: number;
@@ -56,6 +59,16 @@ async function tlsMaterial(options: ServeOptions, bindHost: string): Promise<Tls
 }
 
 const credentials = (material: TlsMaterial): TlsCredentials => ({ cert: material.cert, key: material.key, fingerprint: material.fingerprint });
+
+/** One start-up line saying how tokens are bound to devices (issue 10). */
+function meshIdentityLine(mesh: GatewayConfig["mesh"]): string {
+  if (mesh.identity === "off") return "halo-gate mesh identity: off (tokens work from any device)";
+  const verb = mesh.identity === "enforce" ? "refused" : "admitted and recorded (warn)";
+  return (
+    `halo-gate mesh identity: ${mesh.identity}: a token used from a device that is not its owner's is ${verb}; ` +
+    `owners from tailscaled at ${mesh.tailscaled_socket}${mesh.trust_loopback ? ", loopback trusted" : ""}${mesh.allow_tagged ? ", tagged nodes allowed" : ""}`
+  );
+}
 
 export async function serve(options: ServeOptions): Promise<number> {
   const started = performance.now();
@@ -97,6 +110,22 @@ export async function serve(options: ServeOptions): Promise<number> {
   }
   // From here on the core runs: any failure must end it too, or serve would linger with nothing listening.
   let edge: Edge;
+  const meshConfig = worker.config.mesh;
+  // Issue 10: the edge asks tailscaled who owns each credentialed request's peer (off: never asks).
+  const mesh: MeshResolver | undefined =
+    meshConfig.identity === "off"
+      ? undefined
+      : createMeshResolver({
+          socketPath: meshConfig.tailscaled_socket,
+          trustLoopback: meshConfig.trust_loopback,
+          onAvailability: (available, reason) =>
+            available
+              ? console.log(`halo-gate: mesh identity: tailscaled at ${meshConfig.tailscaled_socket} answers again`)
+              : console.error(
+                  `halo-gate: mesh identity: tailscaled at ${meshConfig.tailscaled_socket} does not answer (${reason}): ` +
+                    (meshConfig.identity === "enforce" ? "credentialed requests from the mesh get 503 until it does" : "requests are admitted and recorded as mesh_unavailable"),
+                ),
+        });
   try {
     try {
       await applyMigrations(await core.miniflare.getD1Database("DB"), resolve(PROJECT_ROOT, "migrations"));
@@ -105,11 +134,12 @@ export async function serve(options: ServeOptions): Promise<number> {
     }
     const hosts = servedHosts({ bindHost: bind.host, tlsNames: options.tls.names, config: worker.config });
     try {
-      edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret, config: worker.config, hosts, tls: tls && credentials(tls), stateDir: options.stateDir });
+      edge = await startEdge({ host: bind.host, port: bind.port, core: core.gatewayUrl, secret: edgeSecret, config: worker.config, hosts, tls: tls && credentials(tls), stateDir: options.stateDir, mesh });
     } catch (error) {
       throw new CliError(`cannot listen on ${formatHostPort(bind.host, bind.port)}: ${(error as Error).message}`);
     }
   } catch (error) {
+    mesh?.close();
     await core.miniflare.dispose().catch(() => {});
     throw error;
   }
@@ -135,6 +165,10 @@ export async function serve(options: ServeOptions): Promise<number> {
   console.log(`halo-gate admin API on ${adminAddress} (loopback only; operator token in ${join(options.stateDir, "operator-token")})`);
   console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
   if (!worker.config.quotas) console.warn("halo-gate: WARNING: quotas = false in HALO_CONFIG: per-user quotas are not enforced");
+  console.log(meshIdentityLine(worker.config.mesh));
+  if (mesh && !existsSync(meshConfig.tailscaled_socket)) {
+    console.warn(`halo-gate: WARNING: mesh.identity = "${meshConfig.identity}" but there is no tailscaled socket at ${meshConfig.tailscaled_socket} (set mesh.tailscaled_socket, or run halo-gate doctor)`);
+  }
   if (tls) {
     const kind = tls.selfSigned ? `self-signed for ${tls.names.join(", ")}; clients pin it or trust ${tls.certPath}` : `from ${tls.certPath}; SIGHUP re-reads it`;
     console.log(`halo-gate TLS certificate ${tls.fingerprint} (${kind})`);
@@ -168,6 +202,7 @@ export async function serve(options: ServeOptions): Promise<number> {
       console.log(`halo-gate: ${signal}: finishing ${edge.inFlight()} in-flight request(s)`);
       for (const cron of crons) cron.stop();
       await edge.close(options.graceMs);
+      mesh?.close();
       await core.miniflare.dispose();
       removeRuntimeInfo(options.stateDir, process.pid);
       console.log("halo-gate: stopped");

@@ -1,5 +1,5 @@
 /**
- * The bind rules (SPEC §1) as they stand on this machine, with serve's own helpers from
+ * The bind rules (docs/contract.md §1) as they stand on this machine, with serve's own helpers from
  * cli/serve/bind.ts: is `tailscale` installed, does `tailscale ip -4` give the node's mesh address,
  * and is that address on a tailscale* interface (else `--bind tailscale` refuses to start: 100.64/10
  * is also carrier-grade NAT space). A running serve's own bind address is checked by the same rule.

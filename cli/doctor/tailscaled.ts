@@ -5,9 +5,10 @@
  * (with netfilter on, tailscaled drops 100.64/10 traffic that arrives on other interfaces).
  */
 import { request } from "node:http";
+import { DEFAULT_TAILSCALED_SOCKET } from "../../src/config/schema";
 import { check, reason, type Check, type Status } from "./check";
 
-export const DEFAULT_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock";
+export { DEFAULT_TAILSCALED_SOCKET };
 
 interface LocalStatus {
   Version?: string;

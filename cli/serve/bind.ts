@@ -1,5 +1,5 @@
 /**
- * SPEC §1 bind rules. Loopback is always allowed; a Tailscale address (100.64.0.0/10 or
+ * docs/contract.md §1 bind rules. Loopback is always allowed; a Tailscale address (100.64.0.0/10 or
  * fd7a:115c:a1e0::/48) only when it sits on a `tailscale*` interface, because 100.64/10 is also ISP
  * carrier-grade NAT space. Anything else refuses to start unless --allow-insecure-exposure.
  */

@@ -21,8 +21,10 @@ import type { Duplex } from "node:stream";
 import type { Socket } from "node:net";
 import { Pool, type Dispatcher } from "undici";
 import type { GatewayConfig } from "../../src/config/schema";
+import { meshHeaders, type MeshPeer } from "../../src/mesh/identity";
 import { canonicalName, HOP_BY_HOP } from "../../src/proxy/headers";
 import { declaredBody, isWebSocketUpgrade, refusalBody, routeOf, screenRequest, type Refusal } from "./edge-screen";
+import { carriesCredentials, type MeshResolver } from "./mesh-identity";
 
 /** Bounds on what one client can hold (issue 7: 520 slow uploads from one peer stopped the gateway). */
 export interface EdgeLimits {
@@ -69,6 +71,11 @@ export interface EdgeOptions {
   limits?: Partial<EdgeLimits>;
   /** The state dir: while its filesystem is (nearly) full, what needs storage gets 503. */
   stateDir?: string;
+  /**
+   * Who owns the peer on the mesh (issue 10; absent when `mesh.identity` is off): asked for requests
+   * that carry credentials, and passed to the core in `x-halo-mesh*` beside the client address.
+   */
+  mesh?: MeshResolver | undefined;
 }
 
 /**
@@ -101,7 +108,7 @@ function peerAddress(socket: Socket): string {
 }
 
 /** Client headers minus hop-by-hop, framing, those named in Connection and internal ones; plus the edge's own. */
-function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }): string[] {
+function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }, mesh: MeshPeer | null): string[] {
   const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())));
   const headers: string[] = ["host", request.headers.host!];
   for (let index = 0; index < request.rawHeaders.length; index += 2) {
@@ -112,6 +119,7 @@ function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body
   if (body.length !== null && body.length > 0) headers.push("content-length", String(body.length));
   headers.push("x-halo-edge-secret", options.secret, "x-halo-client-addr", peerAddress(request.socket));
   if (options.tls) headers.push("x-halo-tls-fingerprint", options.tls.fingerprint);
+  if (mesh) for (const [name, value] of meshHeaders(mesh)) headers.push(name, value);
   return headers;
 }
 
@@ -188,6 +196,9 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       return;
     }
     entry.connections++;
+    // Issue 10: ask tailscaled about a new peer while its request head (and TLS handshake) arrives;
+    // only a request with credentials will wait for the answer, the rest never look at it.
+    if (options.mesh) void options.mesh.lookup(address, socket.remotePort ?? 0);
     socket.once("close", () => {
       entry.connections--;
       if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);
@@ -330,14 +341,27 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
           origin: options.core.origin,
           path: request.url!,
           method: request.method!,
-          headers: coreRequestHeaders(request, options, body),
+          headers: coreRequestHeaders(request, options, body, mesh),
           body: body.present ? request : null,
           ...(upgradeSocket ? { upgrade: "websocket" } : {}),
         },
         handler,
       );
     };
-    dispatch(0);
+    // The peer's mesh owner, only when the core will check credentials (issue 10): trusted and
+    // cached answers are at hand at once; otherwise the request waits for one whois (and is not sent
+    // at all if the client left meanwhile).
+    let mesh: MeshPeer | null = null;
+    const lookup = options.mesh && carriesCredentials(request.headers, request.url!) ? options.mesh.lookup(address, request.socket.remotePort ?? 0) : null;
+    if (lookup instanceof Promise) {
+      void lookup.then((answer) => {
+        mesh = answer;
+        if (!done) dispatch(0);
+      });
+    } else {
+      mesh = lookup;
+      dispatch(0);
+    }
   }
 
   /**

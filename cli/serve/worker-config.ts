@@ -71,11 +71,12 @@ export function loadWorkerConfig(path = resolve(PROJECT_ROOT, "wrangler.toml")):
 }
 
 /** The serve.json fields the admin commands take from the running configuration (cli/state.ts). */
-export function runtimeConfig(worker: WorkerConfig): Pick<RuntimeInfo, "config_path" | "login_server" | "max_users" | "routes"> {
+export function runtimeConfig(worker: WorkerConfig): Pick<RuntimeInfo, "config_path" | "login_server" | "max_users" | "routes" | "mesh_identity"> {
   return {
     config_path: worker.path,
     login_server: worker.config.mesh.login_server,
     max_users: worker.config.max_users,
+    mesh_identity: worker.config.mesh.identity,
     routes: worker.config.routes.map((route) => ({
       name: route.name,
       path: route.path,

@@ -6,10 +6,12 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { auditRecord, readAudit } from "../audit/audit-log";
-import { durationProblem, MAX_TTL, parseDuration } from "../config/duration";
+import { durationProblem, MAX_ROTATE_GRACE, MAX_TTL, parseDuration } from "../config/duration";
 import { boundedNumber, HANDLE_PATTERN, HANDLE_RULE, LIMIT_BOUNDS, SCOPE_PATTERN, type GatewayConfig } from "../config/schema";
 import { errorResponse, errors, gatewayError } from "../http/errors";
+import { MESH_USER_PATTERN } from "../mesh/identity";
 import { usageSnapshot, userQuotaStub } from "../quota/durable-object-quota";
+import { AUDIT_END } from "./wire";
 import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
 import { importBearers } from "./import-bearers";
@@ -28,8 +30,19 @@ const limits = {
   streams: boundedNumber(LIMIT_BOUNDS.streams).optional(),
   daily_tokens: boundedNumber(LIMIT_BOUNDS.daily_tokens).optional(),
 };
-const inviteBody = z.strictObject({ handle, scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
-const updateBody = z.strictObject({ scopes: scopes.optional(), ttl: ttl.optional(), ...limits });
+/** The mesh user a user's tokens work from (issue 10): a Headscale user id; the CLI resolves names. */
+const meshUser = z.string().regex(MESH_USER_PATTERN, "mesh_user is a numeric mesh (Headscale) user id, e.g. \"3\"");
+const inviteBody = z.strictObject({ handle, scopes: scopes.optional(), ttl: ttl.optional(), ...limits, mesh_user: meshUser.optional() });
+const updateBody = z.strictObject({ scopes: scopes.optional(), ttl: ttl.optional(), ...limits, mesh_user: meshUser.optional() });
+const rotateBody = z.strictObject({
+  grace: z
+    .string()
+    .superRefine((text, ctx) => {
+      const problem = durationProblem(text, MAX_ROTATE_GRACE);
+      if (problem) ctx.addIssue({ code: "custom", message: `grace ${problem}` });
+    })
+    .optional(),
+});
 const importBody = z.strictObject({ content: z.string().max(4 * 1024 * 1024), scopes: scopes.optional() });
 /** A time with a zone, or a date alone (its midnight UTC). */
 const auditQuery = z.strictObject({ since: z.union([z.iso.datetime({ offset: true, local: false }), z.iso.date()]).optional() });
@@ -86,6 +99,7 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
         scopes: input.scopes ?? config.default_scopes,
         ttlMs: input.ttl ? (parseDuration(input.ttl) as number) : config.default_ttl_ms,
         limits: { rps: input.rps, burst: input.burst, streams: input.streams, daily_tokens: input.daily_tokens },
+        meshUser: input.mesh_user,
       },
       now(),
     );
@@ -103,7 +117,9 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
   });
   admin.post("/users/:handle/rotate", async (c) => {
     const handle = handleParam(c.req.param("handle"));
-    const rotated = await rotateUser(c.env.DB, handle, now());
+    // An empty body (older CLIs) rotates with no grace.
+    const input = c.req.header("content-type") === undefined || c.req.raw.body === null ? {} : await body(c.req.raw, rotateBody);
+    const rotated = await rotateUser(c.env.DB, handle, now(), input.grace ? (parseDuration(input.grace) as number) : 0);
     await userQuotaStub(c.env.USER_QUOTA, handle).reload();
     return c.json(rotated);
   });
@@ -121,6 +137,7 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
         scopes: input.scopes,
         ttlMs: input.ttl ? parseDuration(input.ttl) : undefined,
         limits: { rps: input.rps, burst, streams: input.streams, daily_tokens: input.daily_tokens },
+        meshUser: input.mesh_user,
       },
       now(),
     );
@@ -141,12 +158,19 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
     const db = c.env.DB;
     const encoder = new TextEncoder();
     let afterId = 0;
+    let rows = 0;
     const stream = new ReadableStream<Uint8Array>({
       async pull(controller) {
-        const rows = await readAudit(db, since, afterId, 500);
-        if (rows.length === 0) return controller.close();
-        afterId = rows[rows.length - 1]!.id;
-        controller.enqueue(encoder.encode(rows.map((row) => JSON.stringify(auditRecord(row)) + "\n").join("")));
+        const page = await readAudit(db, since, afterId, 500);
+        if (page.length === 0) {
+          // The last line says the export is whole: a body cut short (a database error mid-export,
+          // which workerd may still end cleanly) lacks it, and `halo-gate audit` then exits 1.
+          controller.enqueue(encoder.encode(JSON.stringify({ [AUDIT_END]: true, rows }) + "\n"));
+          return controller.close();
+        }
+        afterId = page[page.length - 1]!.id;
+        rows += page.length;
+        controller.enqueue(encoder.encode(page.map((row) => JSON.stringify(auditRecord(row)) + "\n").join("")));
       },
     });
     return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });

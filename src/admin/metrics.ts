@@ -23,6 +23,7 @@ export async function collectUsage(env: Env, config: GatewayConfig, now: number)
         status: user.status,
         requests: snapshot.metrics.status,
         refused: snapshot.metrics.refused,
+        mesh: snapshot.metrics.mesh,
         tokens_today: snapshot.tokensToday,
         daily_tokens: user.limits.daily_tokens,
         tokens_remaining: Math.max(0, user.limits.daily_tokens - snapshot.tokensToday),
@@ -48,6 +49,7 @@ export function prometheusText(usage: UserUsage[]): string {
   };
   metric("halo_gate_requests_total", "counter", "Requests by response status class (aborted: the client went away).", usage.flatMap((user) => Object.entries(user.requests).map(([klass, value]) => [{ handle: user.handle, class: klass }, value] as [Record<string, string>, number])));
   metric("halo_gate_quota_refused_total", "counter", "Requests refused by a quota.", usage.flatMap((user) => Object.entries(user.refused).map(([reason, value]) => [{ handle: user.handle, reason }, value] as [Record<string, string>, number])));
+  metric("halo_gate_mesh_mismatch_total", "counter", "Requests from a device that is not the user's own (mesh.identity): admitted and recorded under warn, refused under enforce.", usage.flatMap((user) => Object.entries(user.mesh).map(([outcome, value]) => [{ handle: user.handle, outcome }, value] as [Record<string, string>, number])));
   metric("halo_gate_tokens_today", "gauge", "LLM tokens charged today (quota day in the configured timezone).", usage.map((user) => [{ handle: user.handle }, user.tokens_today]));
   metric("halo_gate_tokens_daily_limit", "gauge", "Daily LLM token quota.", usage.map((user) => [{ handle: user.handle }, user.daily_tokens]));
   metric("halo_gate_in_flight", "gauge", "Requests in flight (leased slots).", usage.map((user) => [{ handle: user.handle }, user.in_flight]));

@@ -88,6 +88,8 @@ export interface InviteInput {
   scopes: string[];
   ttlMs: number;
   limits: LimitOverrides;
+  /** The mesh user (Headscale user id) the token works from (issue 10); absent keeps the one recorded. */
+  meshUser?: string | undefined;
 }
 
 export async function inviteUser(db: D1Database, config: GatewayConfig, input: InviteInput, now: number): Promise<IssuedToken> {
@@ -101,12 +103,12 @@ export async function inviteUser(db: D1Database, config: GatewayConfig, input: I
     insertTokenIfSeat(db, config, row, now),
     db
       .prepare(
-        "UPDATE users SET rps = ?2, burst = ?3, streams = ?4, daily_tokens = ?5 WHERE handle = ?1 AND EXISTS (SELECT 1 FROM tokens WHERE token_id = ?6)",
+        "UPDATE users SET rps = ?2, burst = ?3, streams = ?4, daily_tokens = ?5, mesh_user = COALESCE(?7, mesh_user) WHERE handle = ?1 AND EXISTS (SELECT 1 FROM tokens WHERE token_id = ?6)",
       )
-      .bind(input.handle, input.limits.rps ?? null, input.limits.burst ?? null, input.limits.streams ?? null, input.limits.daily_tokens ?? null, tokenId),
+      .bind(input.handle, input.limits.rps ?? null, input.limits.burst ?? null, input.limits.streams ?? null, input.limits.daily_tokens ?? null, tokenId, input.meshUser ?? null),
     conditionalAuditStatement(
       db,
-      { at: now, kind: "admin", action: "invite", handle: input.handle, tokenId, status: 201, detail: { scopes: input.scopes, expires_at: iso(expiresAt), limits: input.limits } },
+      { at: now, kind: "admin", action: "invite", handle: input.handle, tokenId, status: 201, detail: { scopes: input.scopes, expires_at: iso(expiresAt), limits: input.limits, ...(input.meshUser ? { mesh_user: input.meshUser } : {}) } },
       "EXISTS (SELECT 1 FROM tokens WHERE token_id = ?11)",
       tokenId,
     ),
@@ -162,7 +164,12 @@ export async function revokeUser(db: D1Database, handle: string, now: number): P
   return { handle, revoked: true, message: `${handle} revoked: the token ${current.hint} is refused from now on.` };
 }
 
-export async function rotateUser(db: D1Database, handle: string, now: number): Promise<IssuedToken> {
+/**
+ * A new token for the user's active one, with the same scopes and expiry. The old one is refused at
+ * once — or, with `graceMs`, keeps working until then (at most until its own expiry), so a user can
+ * switch clients without downtime (issue 9); it is then recorded as expired by the sweep.
+ */
+export async function rotateUser(db: D1Database, handle: string, now: number, graceMs = 0): Promise<IssuedToken> {
   const current = await currentToken(db, handle, now);
   if (!current) throw noSuchUser(handle);
   if (tokenStatus(current, now) !== "active") {
@@ -182,12 +189,16 @@ export async function rotateUser(db: D1Database, handle: string, now: number): P
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE ${oldIsActive}`,
       )
       .bind(tokenId, await hashToken(token), tokenHint(token), handle, current.scopes, now, current.expires_at, "rotate", current.token_id, now),
-    db
-      .prepare("UPDATE tokens SET revoked_at = ?2, revoke_reason = 'rotated' WHERE token_id = ?1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM tokens WHERE token_id = ?3)")
-      .bind(current.token_id, now, tokenId),
+    graceMs > 0
+      ? db
+          .prepare("UPDATE tokens SET expires_at = MIN(expires_at, ?2) WHERE token_id = ?1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM tokens WHERE token_id = ?3)")
+          .bind(current.token_id, now + graceMs, tokenId)
+      : db
+          .prepare("UPDATE tokens SET revoked_at = ?2, revoke_reason = 'rotated' WHERE token_id = ?1 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM tokens WHERE token_id = ?3)")
+          .bind(current.token_id, now, tokenId),
     conditionalAuditStatement(
       db,
-      { at: now, kind: "admin", action: "rotate", handle, tokenId, status: 200, detail: { replaced: current.token_id } },
+      { at: now, kind: "admin", action: "rotate", handle, tokenId, status: 200, detail: { replaced: current.token_id, ...(graceMs > 0 ? { old_token_until: iso(Math.min(now + graceMs, current.expires_at)) } : {}) } },
       "EXISTS (SELECT 1 FROM tokens WHERE token_id = ?11)",
       tokenId,
     ),
@@ -202,6 +213,8 @@ export interface UpdateInput {
   ttlMs?: number | undefined;
   scopes?: string[] | undefined;
   limits: LimitOverrides;
+  /** A new mesh user (Headscale user id) for the user's tokens (issue 10); absent leaves it. */
+  meshUser?: string | undefined;
 }
 
 export async function updateUser(db: D1Database, config: GatewayConfig, handle: string, input: UpdateInput, now: number): Promise<UserView> {
@@ -223,8 +236,8 @@ export async function updateUser(db: D1Database, config: GatewayConfig, handle: 
       .prepare("UPDATE tokens SET scopes = COALESCE(?2, scopes), expires_at = COALESCE(?3, expires_at) WHERE token_id = ?1 AND revoked_at IS NULL")
       .bind(current.token_id, input.scopes ? JSON.stringify(input.scopes) : null, input.ttlMs !== undefined ? now + input.ttlMs : null),
     db
-      .prepare("UPDATE users SET rps = ?2, burst = ?3, streams = ?4, daily_tokens = ?5 WHERE handle = ?1")
-      .bind(handle, limits.rps ?? null, limits.burst ?? null, limits.streams ?? null, limits.daily_tokens ?? null),
+      .prepare("UPDATE users SET rps = ?2, burst = ?3, streams = ?4, daily_tokens = ?5, mesh_user = COALESCE(?6, mesh_user) WHERE handle = ?1")
+      .bind(handle, limits.rps ?? null, limits.burst ?? null, limits.streams ?? null, limits.daily_tokens ?? null, input.meshUser ?? null),
     auditStatement(db, {
       at: now,
       kind: "admin",
@@ -232,7 +245,12 @@ export async function updateUser(db: D1Database, config: GatewayConfig, handle: 
       handle,
       tokenId: current.token_id,
       status: 200,
-      detail: { ...(input.scopes ? { scopes: input.scopes } : {}), ...(input.ttlMs !== undefined ? { expires_at: iso(now + input.ttlMs) } : {}), limits: input.limits },
+      detail: {
+        ...(input.scopes ? { scopes: input.scopes } : {}),
+        ...(input.ttlMs !== undefined ? { expires_at: iso(now + input.ttlMs) } : {}),
+        limits: input.limits,
+        ...(input.meshUser !== undefined ? { mesh_user: input.meshUser } : {}),
+      },
     }),
   ]);
   const updated = (await listUsers(db, config, now)).find((view) => view.handle === handle);
@@ -248,14 +266,14 @@ const stripNulls = (limits: LimitOverrides) =>
 export async function listUsers(db: D1Database, config: GatewayConfig, now: number): Promise<UserView[]> {
   const { results } = await db
     .prepare(
-      `SELECT u.rps, u.burst, u.streams, u.daily_tokens, t.token_id, t.hint, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, t.last_used_at
+      `SELECT u.rps, u.burst, u.streams, u.daily_tokens, u.mesh_user, t.token_id, t.hint, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_device
        FROM users u JOIN tokens t ON t.token_id = (
          SELECT token_id FROM tokens WHERE handle = u.handle
          ORDER BY (revoked_at IS NULL AND expires_at > ?1) DESC, issued_at DESC, rowid DESC LIMIT 1)
        ORDER BY u.handle`,
     )
     .bind(now)
-    .all<TokenRow & { rps: number | null; burst: number | null; streams: number | null; daily_tokens: number | null }>();
+    .all<TokenRow & { rps: number | null; burst: number | null; streams: number | null; daily_tokens: number | null; mesh_user: string | null; last_device: string | null }>();
   return results.map((row) => ({
     handle: row.handle,
     status: tokenStatus(row, now),
@@ -266,6 +284,8 @@ export async function listUsers(db: D1Database, config: GatewayConfig, now: numb
     expires_at: iso(row.expires_at),
     revoked_at: isoOrNull(row.revoked_at),
     last_used_at: isoOrNull(row.last_used_at),
+    last_device: row.last_device,
+    mesh_user: row.mesh_user,
     limits: effectiveLimits(config.limits, stripNulls(row)),
   }));
 }

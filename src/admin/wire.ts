@@ -26,6 +26,10 @@ export interface UserView {
   expires_at: string;
   revoked_at: string | null;
   last_used_at: string | null;
+  /** The device (mesh node name, or "loopback") the token was last used from; null until known (issue 10). */
+  last_device: string | null;
+  /** The mesh user (Headscale user id) the user's tokens work from; null: none recorded (refused under mesh.identity = "enforce"). */
+  mesh_user: string | null;
   limits: UserLimits;
 }
 
@@ -51,6 +55,8 @@ export interface UserUsage {
   status: TokenStatus;
   requests: { "2xx": number; "3xx": number; "4xx": number; "5xx": number; aborted: number };
   refused: { rate: number; concurrency: number; daily: number };
+  /** Requests from a device not the user's own: admitted and recorded (`warn`), or refused (`enforce`). */
+  mesh: { warned: number; refused: number };
   tokens_today: number;
   daily_tokens: number;
   tokens_remaining: number;
@@ -59,3 +65,6 @@ export interface UserUsage {
   upstream_latency: { count: number; sum_seconds: number; buckets: Array<{ le: string; count: number }> };
   day: string;
 }
+
+/** The key of the audit export's closing line: `{"end_of_audit": true, "rows": N}` (GET /admin/audit). */
+export const AUDIT_END = "end_of_audit";

@@ -1,7 +1,7 @@
 /**
  * Auth decisions (allow / deny + reason) go to the audit log off the request path: buffered per
  * isolate and written in one batch about a second after the first buffered event, so a crash loses
- * at most the last second (SPEC §6).
+ * at most the last second (docs/contract.md §6).
  *
  * Bounded growth (issue 9, item 7). Requests without credentials are not throttled, and a flood of
  * them from one address once wrote one row each (~2,500 rows/s). Now every DENIAL is aggregated:
@@ -19,8 +19,8 @@
  * adds 1 row per minute (2 in a sliding minute that straddles a window boundary), whatever its rate.
  * An address without a valid token can reach only the reasons `missing`, `malformed` and `unknown`
  * (`revoked`/`expired` need a real, finished token; `scope`/`quota:*` a valid one), so it adds at
- * most 3 × (authenticated routes + 1 for `/auth/ticket`) rows per minute over every route — 15 with
- * the default routes (v2, lemon, sd, audio) — and one more per (route, reason) for every real token
+ * most 3 × (authenticated routes + 2 for `/auth/ticket` and `/api/me`) rows per minute over every
+ * route — 18 with the default routes (v2, lemon, sd, audio) — and one more per (route, reason) for every real token
  * it holds. Why every denial and not only `missing`: `scope` and `quota:*` denials are not
  * throttled either (a valid token on the wrong route, or a client hammering past its rate limit),
  * so they could grow the table the same way; the probing reasons (`malformed`, `unknown`, …) are
@@ -30,7 +30,7 @@
  */
 import { aggregatedAuditStatement, auditStatement, type AuditEvent } from "./audit-log";
 
-/** A crash may lose at most this much of the auth audit (SPEC §6: one second). */
+/** A crash may lose at most this much of the auth audit (docs/contract.md §6: one second). */
 export const AUTH_AUDIT_FLUSH_MS = 1_000;
 /** Identical denials within one aligned window of this length are one audit row with a count. */
 export const AUTH_AUDIT_WINDOW_MS = 60_000;

@@ -11,7 +11,8 @@ import { parseBearer } from "./bearer";
 import { hashToken, TOKEN_PATTERN } from "./token";
 import type { TokenIdentity, TokenStore } from "./token-store";
 
-export type DenyReason = "missing" | "malformed" | "unknown" | "revoked" | "expired" | "scope";
+/** `mesh_*`: a good token from a device that is not its owner's (issue 10, src/mesh/identity.ts). */
+export type DenyReason = "missing" | "malformed" | "unknown" | "revoked" | "expired" | "scope" | "mesh_mismatch" | "mesh_unavailable";
 
 /** Raised with the reason for the audit log; the HTTP response itself never says which it was. */
 export class AuthDenied extends Error {
@@ -19,6 +20,8 @@ export class AuthDenied extends Error {
     readonly reason: DenyReason,
     readonly response: Response,
     readonly token: TokenIdentity | null = null,
+    /** More for the audit row (e.g. the device a mesh refusal came from). */
+    readonly detail: Record<string, unknown> | null = null,
   ) {
     super(`auth denied: ${reason}`);
   }

@@ -1,5 +1,5 @@
 /**
- * Failed-auth throttling per client address (the real TCP peer, SPEC §1), so one mesh peer cannot
+ * Failed-auth throttling per client address (the real TCP peer, docs/contract.md §1), so one mesh peer cannot
  * brute-force or flood the token store. Each address has a bucket of 10 failures refilling one per
  * 6 s, kept in a Durable Object (so it holds across isolates); while an address's bucket is empty,
  * its bearer requests get 429 before any lookup. Other addresses are never affected, and an

@@ -1,5 +1,5 @@
 /**
- * Short-lived WebSocket tickets (SPEC §4): browsers cannot set `Authorization` on a WebSocket, so
+ * Short-lived WebSocket tickets (docs/contract.md §4): browsers cannot set `Authorization` on a WebSocket, so
  * `POST /auth/ticket` (bearer) returns a signed ticket — HS256 via jose, at most 60 s, one scope,
  * single use — accepted as `?ticket=` on `bearer_or_ticket` routes. A ticket is only as good as its
  * token: the token is checked again (revoked or expired → refused) when the ticket is used, in the

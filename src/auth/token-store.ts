@@ -22,6 +22,8 @@ export interface TokenRecord extends TokenIdentity {
   revokedAt: number | null;
   /** The user's own limits (NULL = configured default), fetched in the same query. */
   limits: LimitOverrides;
+  /** The user's mesh user (Headscale user id) the token works from, or null when none is recorded (issue 10). */
+  meshUser: string | null;
 }
 
 export interface TokenStore {
@@ -29,8 +31,11 @@ export interface TokenStore {
   identify(tokenHash: string): Promise<TokenIdentity | null>;
   /** Every token of a user, whatever its state, with the user's limits. */
   tokensOf(handle: string): Promise<TokenRecord[]>;
-  /** Record use; cheap to call on every request (writes at most about once a minute per token). */
-  touch(tokenId: string, now: number): Promise<void>;
+  /**
+   * Record use, and the device (mesh node name) it came from when known; cheap to call on every
+   * request (writes at most about once a minute per token, or when the device changes).
+   */
+  touch(tokenId: string, now: number, device?: string | null): Promise<void>;
 }
 
 interface TokenRow extends LimitOverrides {
@@ -40,13 +45,14 @@ interface TokenRow extends LimitOverrides {
   issued_at: number;
   expires_at: number;
   revoked_at: number | null;
+  mesh_user: string | null;
 }
 
 const TOUCH_INTERVAL_MS = 60_000;
 /** Bounds of the per-isolate maps; a forgotten entry only costs one lookup or one write. */
 const MAX_CACHED = 10_000;
-/** Per-isolate memory of the last `last_used_at` write, so the write happens about once a minute. */
-const lastTouched = new Map<string, number>();
+/** Per-isolate memory of the last `last_used_at` write (and its device), so the write happens about once a minute. */
+const lastTouched = new Map<string, { at: number; device: string | null }>();
 /** Per-isolate hash → identity, positives only (see above). */
 const identities = new Map<string, TokenIdentity>();
 
@@ -67,7 +73,7 @@ export class D1TokenStore implements TokenStore {
   async tokensOf(handle: string): Promise<TokenRecord[]> {
     const { results } = await this.db
       .prepare(
-        `SELECT t.token_id, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, u.rps, u.burst, u.streams, u.daily_tokens
+        `SELECT t.token_id, t.handle, t.scopes, t.issued_at, t.expires_at, t.revoked_at, u.rps, u.burst, u.streams, u.daily_tokens, u.mesh_user
          FROM tokens t JOIN users u ON u.handle = t.handle WHERE t.handle = ?1`,
       )
       .bind(handle)
@@ -80,17 +86,23 @@ export class D1TokenStore implements TokenStore {
       expiresAt: row.expires_at,
       revokedAt: row.revoked_at,
       limits: { rps: row.rps, burst: row.burst, streams: row.streams, daily_tokens: row.daily_tokens },
+      meshUser: row.mesh_user,
     }));
   }
 
-  async touch(tokenId: string, now: number): Promise<void> {
+  async touch(tokenId: string, now: number, device: string | null = null): Promise<void> {
     const previous = lastTouched.get(tokenId);
-    if (previous !== undefined && now - previous < TOUCH_INTERVAL_MS) return;
+    const moved = device !== null && device !== previous?.device;
+    if (previous !== undefined && now - previous.at < TOUCH_INTERVAL_MS && !moved) return;
     if (lastTouched.size >= MAX_CACHED) lastTouched.clear();
-    lastTouched.set(tokenId, now);
+    lastTouched.set(tokenId, { at: now, device: device ?? previous?.device ?? null });
+    // An unknown device (mesh identity off, or tailscaled could not say) keeps the one recorded.
     await this.db
-      .prepare("UPDATE tokens SET last_used_at = ?2 WHERE token_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)")
-      .bind(tokenId, now, now - TOUCH_INTERVAL_MS)
+      .prepare(
+        `UPDATE tokens SET last_used_at = ?2, last_device = COALESCE(?4, last_device)
+         WHERE token_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3 OR (?4 IS NOT NULL AND last_device IS NOT ?4))`,
+      )
+      .bind(tokenId, now, now - TOUCH_INTERVAL_MS, device)
       .run();
   }
 }

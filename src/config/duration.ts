@@ -7,6 +7,8 @@ const DURATION = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 
 /** The longest token lifetime (`--ttl`, `default_ttl`): a year. `update --ttl` extends a token. */
 export const MAX_TTL = "365d";
+/** `rotate --grace`: how long an old token may keep working beside its replacement. */
+export const MAX_ROTATE_GRACE = "7d";
 
 /** Milliseconds for a duration string, or `undefined` when it is not one. */
 export function parseDuration(text: string): number | undefined {

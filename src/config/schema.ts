@@ -125,6 +125,47 @@ function publicUrlProblem(text: string): string | null {
   return null;
 }
 
+/** tailscaled's LocalAPI socket on Linux (the Debian/Ubuntu/Fedora packages and `tailscaled --socket`'s default). */
+export const DEFAULT_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock";
+
+/**
+ * The mesh (issue 10). `login_server` is printed in invites. The rest binds tokens to their owner's
+ * devices: a token works only from a device of the mesh user it was issued for.
+ *
+ * - `identity`: `"off"` never looks; `"warn"` (the default: stage before enforcing) admits every
+ *   request but records each one `enforce` would refuse — an audit row with action `allow` and reason
+ *   `mesh_mismatch` (or `mesh_unavailable`), the device in its detail, and a count in `usage`;
+ *   `"enforce"` refuses them: 403 `mesh_mismatch` (the user is told to use their own device), or 503
+ *   `mesh_unavailable` with Retry-After when tailscaled cannot say who the peer is (fail-closed).
+ *   Only requests that passed authentication (the token is current and scoped) are compared, on
+ *   every route, WebSocket upgrade and `POST /auth/ticket`, and again when a ticket is used.
+ * - Who owns the peer: under `halo-gate serve` the edge asks the local tailscaled
+ *   (`GET /localapi/v0/whois?addr=IP:PORT` on `tailscaled_socket`) for the real TCP peer, only for
+ *   requests that carry credentials, and passes the answer to the core beside the client address,
+ *   proven by the same per-boot secret. Answers are cached per address: 10 s for a known node (a
+ *   user's or a tagged one), 2 s for an address tailscaled does not know, 1 s when it could not
+ *   answer (cli/serve/mesh-identity.ts). Without an edge (`wrangler dev`: no EDGE_SECRET) the check
+ *   is off; on Cloudflare (`client_address_source = "cf-connecting-ip"`) there is no tailscaled, so
+ *   `identity` must be `"off"` there or the gateway refuses to start.
+ * - A token's owner is the mesh user recorded for its user (`users.mesh_user`: the Headscale user id
+ *   that `invite` created or found, or `--mesh-user`). A user with none recorded is treated like a
+ *   mismatch: refused under `enforce` (fail-closed; `halo-gate list` names such users and the fix,
+ *   `halo-gate update HANDLE --mesh-user NAME|ID`), recorded under `warn`.
+ * - `trust_loopback` (default true): peers on 127.0.0.0/8 and ::1 are on-box tools and are admitted
+ *   without a lookup. false resolves them like any other peer (how the tests drive the check from
+ *   127.0.0.x).
+ * - A peer tailscaled does not know (not a mesh device) is always refused under `enforce`. A tagged
+ *   node (a server or CI runner: it belongs to no user) is refused too unless `allow_tagged = true`,
+ *   which lets any valid token be used from tagged nodes.
+ */
+const meshSchema = z.strictObject({
+  login_server: z.url({ protocol: /^https?$/ }).default("https://headscale.1bit.systems"),
+  identity: z.enum(["off", "warn", "enforce"]).default("warn"),
+  tailscaled_socket: z.string().startsWith("/", "tailscaled_socket must be an absolute path").default(DEFAULT_TAILSCALED_SOCKET),
+  trust_loopback: z.boolean().default(true),
+  allow_tagged: z.boolean().default(false),
+});
+
 export const configSchema = z
   .strictObject({
     max_users: z.number().int().min(1).max(1_000).default(10),
@@ -144,14 +185,19 @@ export const configSchema = z
     /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
     quotas: z.boolean().default(true),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
-    mesh: z.strictObject({ login_server: z.url({ protocol: /^https?$/ }) }).default({
-      login_server: "https://headscale.1bit.systems",
-    }),
+    mesh: meshSchema.prefault({}),
     routes: z.array(routeSchema).min(1).prefault(DEFAULT_ROUTES),
     /** The URL users are given; `/api/info` reports it. */
     public_url: publicUrl.optional(),
   })
   .superRefine((config, ctx) => {
+    if (config.client_address_source === "cf-connecting-ip" && config.mesh.identity !== "off") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["mesh", "identity"],
+        message: `"${config.mesh.identity}" needs halo-gate serve's edge and a local tailscaled, and HALO_CONFIG.client_address_source = "cf-connecting-ip" (Cloudflare) has neither: set HALO_CONFIG.mesh.identity = "off" there`,
+      });
+    }
     const seen = new Map<string, number>();
     config.routes.forEach((route, index) => {
       const key = `${route.host ?? "*"} ${route.path}`;
@@ -222,7 +268,7 @@ function weakerThan(route: ResolvedRoute, twin: ResolvedRoute): string | undefin
   return undefined;
 }
 
-/** SPEC §6: the burst defaults to the rate (at least one request). */
+/** docs/contract.md §6: the burst defaults to the rate (at least one request). */
 export const defaultBurst = (rps: number) => Math.max(1, Math.ceil(rps));
 
 export type GatewayConfig = z.output<typeof configSchema>;

@@ -13,6 +13,7 @@
  */
 import { createMiddleware } from "hono/factory";
 import type { GatewayConfig } from "../config/schema";
+import { parseMeshHeaders, type MeshPeer } from "../mesh/identity";
 import { errors } from "./errors";
 import { timingSafeEqual } from "./timing-safe";
 
@@ -27,6 +28,11 @@ export interface Peer {
   address: string;
   /** Set only by the edge (proven by the secret) when it terminated TLS. */
   tlsFingerprint: string | null;
+  /**
+   * Who owns the peer on the mesh, as the edge learned it from tailscaled (src/mesh/identity.ts);
+   * null when no edge is in front (`wrangler dev`, Cloudflare): the mesh check is then off.
+   */
+  mesh: MeshPeer | null;
 }
 
 export type PeerVariables = { peer: Peer };
@@ -34,12 +40,16 @@ export type PeerVariables = { peer: Peer };
 /** The request's peer, or null when it must be refused: EDGE_SECRET is bound and the request lacks it. */
 export function peerOf(request: Request, config: GatewayConfig, edgeSecret: string | undefined): Peer | null {
   if (config.client_address_source === "cf-connecting-ip") {
-    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null };
+    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
   }
-  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null };
+  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
   const presented = request.headers.get(EDGE_SECRET_HEADER);
   if (presented === null || !timingSafeEqual(presented, edgeSecret)) return null;
-  return { address: request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT, tlsFingerprint: request.headers.get(EDGE_TLS_HEADER) };
+  return {
+    address: request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT,
+    tlsFingerprint: request.headers.get(EDGE_TLS_HEADER),
+    mesh: parseMeshHeaders(request.headers),
+  };
 }
 
 /**

@@ -28,7 +28,7 @@ export function gatewayError(status: ContentfulStatusCode, body: ErrorBody, head
   return new HTTPException(status, { message: body.message, res: errorResponse(status, body, headers) });
 }
 
-/** Shorthands for the SPEC §5 table. */
+/** Shorthands for the docs/contract.md §5 table. */
 export const errors = {
   noCredentials: () =>
     gatewayError(
@@ -130,6 +130,23 @@ export const errors = {
       type: "server_error",
       code: "tickets_disabled",
     }),
+  /** Issue 10: a good token from a device that is not its owner's (the message says which case, in the user's words). */
+  meshMismatch: (message: string) =>
+    gatewayError(403, {
+      message,
+      type: "permission_error",
+      code: "mesh_mismatch",
+    }),
+  meshUnavailable: () =>
+    gatewayError(
+      503,
+      {
+        message: "halo-gate cannot tell which mesh device this request came from right now (tailscaled is not answering), so it refuses. Retry shortly.",
+        type: "server_error",
+        code: "mesh_unavailable",
+      },
+      { "retry-after": "5" },
+    ),
   misconfigured: () =>
     gatewayError(503, {
       message: "halo-gate is misconfigured; the operator has been told in the gateway log.",

@@ -22,7 +22,7 @@ const completionRequest = z.looseObject({
 });
 
 /**
- * The body to send upstream for a metered request (read whole: SPEC §4 allows it within the limit),
+ * The body to send upstream for a metered request (read whole: docs/contract.md §4 allows it within the limit),
  * and how to treat the response. A body that is not a JSON object is forwarded untouched.
  */
 export function planMeteredRequest(bodyText: string): { body: string; plan: MeterPlan } {

@@ -39,7 +39,8 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
   // Replayable: nothing to send, or a body the gateway holds (issue 9: llama-server advertises
   // keep-alive and then closes the connection after a streamed reply, so the next request on that
-  // pooled connection is reset before any answer — 7 in 30 got 502; retried once, none does).
+  // pooled connection is reset before any answer — issue 9 saw 7 × 502 in 30; not reproduced here
+  // with Debian's llama-server and a tiny model, with or without this retry).
   const replayable = options.bodyOverride !== undefined || body.stream === null;
   let upstream: Response | undefined;
   try {

@@ -13,7 +13,7 @@ export function effectiveLimits(defaults: UserLimits, overrides: LimitOverrides)
   const rps = overrides.rps ?? defaults.rps;
   return {
     rps,
-    // A user given their own rate without a burst gets burst = rps (SPEC §6), not the default burst.
+    // A user given their own rate without a burst gets burst = rps (docs/contract.md §6), not the default burst.
     burst: overrides.burst ?? (overrides.rps != null ? defaultBurst(rps) : defaults.burst),
     streams: overrides.streams ?? defaults.streams,
     daily_tokens: overrides.daily_tokens ?? defaults.daily_tokens,

@@ -6,6 +6,7 @@
  */
 import type { TokenIdentity } from "../auth/token-store";
 import type { UserLimits } from "../config/schema";
+import type { MeshCheck, MeshVerdict } from "../mesh/identity";
 
 export type QuotaRefusal = "rate" | "concurrency" | "daily";
 
@@ -77,12 +78,19 @@ export interface AuthorizeRequest {
   };
   /** A WebSocket ticket being used: marked used only if the request is admitted. */
   ticket?: { jti: string; expiresAt: number };
+  /**
+   * Compare the peer's mesh owner with the token's (issue 10); absent when `mesh.identity` is off
+   * or no edge is in front. Checked after the token (a request that fails authentication never
+   * gets here) and before admission (a refused request charges nothing).
+   */
+  mesh?: MeshCheck;
 }
 
 export type Authorization =
   | { ok: false; reason: "unknown" | "revoked" | "expired" | "scope" | "ticket_used" }
-  | { ok: true; limits: UserLimits; admission: Admission }
-  | { ok: true; limits: null; admission: null };
+  | { ok: false; reason: "mesh"; mesh: MeshVerdict & { kind: "refuse" } }
+  | { ok: true; limits: UserLimits; admission: Admission; mesh?: MeshVerdict }
+  | { ok: true; limits: null; admission: null; mesh?: MeshVerdict };
 
 /** What `GET /api/me` tells a user about themself: the numbers the operator sees in `usage`. */
 export interface UserProfile {

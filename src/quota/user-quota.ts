@@ -6,7 +6,7 @@
  * request, and no storage write on the way: a Durable Object runs one call at a time, so the
  * checks are atomic (32 concurrent requests against a bucket of N admit exactly N) without one.
  *
- * What is kept where, and what a crash (or an eviction) may cost — within SPEC §6's intent that
+ * What is kept where, and what a crash (or an eviction) may cost — within docs/contract.md §6's intent that
  * one user cannot monopolise the box:
  * - the rate bucket: memory only; a restarted object starts with a full bucket (one extra burst);
  * - the day's tokens: written when a response charges them (the only write on the request path,
@@ -30,6 +30,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { UserLimits } from "../config/schema";
 import { D1TokenStore, type TokenIdentity, type TokenRecord } from "../auth/token-store";
+import { meshVerdict, type MeshVerdict } from "../mesh/identity";
 import { quotaDay } from "./day";
 import { effectiveLimits } from "./limits";
 import type { Admission, AdmitRequest, Authorization, AuthorizeRequest, QuotaState, RequestOutcome, UserProfile } from "./quota";
@@ -47,6 +48,11 @@ const RELEASED_MEMORY_MS = 60_000;
 export interface UserMetrics {
   status: { "2xx": number; "3xx": number; "4xx": number; "5xx": number; aborted: number };
   refused: { rate: number; concurrency: number; daily: number };
+  /**
+   * Mesh identity (issue 10): requests from a device not the user's own (or tailscaled could not
+   * say) that `warn` admitted and recorded, and that `enforce` refused.
+   */
+  mesh: { warned: number; refused: number };
   /** Cumulative counts per LATENCY_BUCKETS bound, then +Inf. */
   latencyBuckets: number[];
   latencySumSeconds: number;
@@ -75,6 +81,7 @@ interface Bucket {
 const emptyMetrics = (): UserMetrics => ({
   status: { "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0, aborted: 0 },
   refused: { rate: 0, concurrency: 0, daily: 0 },
+  mesh: { warned: 0, refused: 0 },
   latencyBuckets: LATENCY_BUCKETS.map(() => 0).concat(0),
   latencySumSeconds: 0,
   latencyCount: 0,
@@ -100,6 +107,7 @@ export class UserQuota extends DurableObject<Env> {
       // Keys written by earlier versions ("bucket", "leases") are ignored: memory only now.
       const stored = await ctx.storage.get<unknown>(["day", "metrics", "revoked"]);
       this.day = (stored.get("day") as { key: string; used: number } | undefined) ?? this.day;
+      // Metrics stored by an earlier version lack newer counters (e.g. `mesh`): the defaults fill them.
       this.metrics = { ...emptyMetrics(), ...((stored.get("metrics") as UserMetrics | undefined) ?? {}) };
       this.revoked = new Set((stored.get("revoked") as string[] | undefined) ?? []);
     });
@@ -113,13 +121,26 @@ export class UserQuota extends DurableObject<Env> {
     if (request.now >= token.expiresAt) return { ok: false, reason: "expired" };
     if (request.scope !== null && !token.scopes.includes(request.scope)) return { ok: false, reason: "scope" };
     if (request.ticket && (await this.ticketUsed(request.ticket.jti))) return { ok: false, reason: "ticket_used" };
-    if (!request.admit) return { ok: true, limits: null, admission: null };
+    // The token is good: is this its owner's device? (issue 10; the edge said whose it is.)
+    let mesh: MeshVerdict | undefined;
+    if (request.mesh) {
+      mesh = meshVerdict(request.mesh, token.meshUser);
+      if (mesh.kind !== "match") {
+        if (mesh.kind === "refuse") {
+          this.metrics.mesh.refused++;
+          this.metrics.status[mesh.finding === "unavailable" ? "5xx" : "4xx"]++;
+        } else this.metrics.mesh.warned++;
+        this.scheduleMetricsWrite();
+      }
+      if (mesh.kind === "refuse") return { ok: false, reason: "mesh", mesh };
+    }
+    if (!request.admit) return { ok: true, limits: null, admission: null, ...(mesh ? { mesh } : {}) };
     const { defaults, timezone, leaseMs, metered, holdsSlot, enforce } = request.admit;
     const limits = effectiveLimits(defaults, token.limits);
     const admission = enforce ? this.decide({ handle: token.handle, limits, timezone, now: request.now, leaseMs, metered, holdsSlot, tokenId: token.tokenId }) : this.unlimited(limits);
     // A refused upgrade leaves its ticket usable (issue 9): marked only once the request runs.
     if (admission.admitted && request.ticket) await this.useTicket(request.ticket.jti, request.ticket.expiresAt);
-    return { ok: true, limits, admission };
+    return { ok: true, limits, admission, ...(mesh ? { mesh } : {}) };
   }
 
   async profile(identity: TokenIdentity, now: number, defaults: UserLimits, timezone: string): Promise<UserProfile | null> {

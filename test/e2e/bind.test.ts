@@ -1,4 +1,4 @@
-/** SPEC §1 bind rules and start-up refusals, through the real `serve` and the rule function itself. */
+/** docs/contract.md §1 bind rules and start-up refusals, through the real `serve` and the rule function itself. */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";

@@ -229,9 +229,9 @@ describe("serve --config with a copy anywhere; admin commands take the running g
     expect(list.stdout).not.toMatch(/\.\d{3}Z/);
     expect(list.stdout).not.toContain(ESC);
     const wide = await run("list", "--wide");
-    for (const column of ["TOKEN", "ISSUED", "LAST USED", "RPS/BURST", "STREAMS", "TOKENS TODAY"]) expect(wide.stdout).toContain(column);
+    for (const column of ["TOKEN", "ISSUED", "LAST USED", "LAST DEVICE", "MESH USER", "RPS/BURST", "STREAMS", "TOKENS TODAY"]) expect(wide.stdout).toContain(column);
     const json = JSON.parse((await run("list", "--json")).stdout) as Array<Record<string, unknown>>;
-    expect(Object.keys(json[0]!).sort()).toEqual(["expires_at", "handle", "issued_at", "last_used_at", "limits", "revoked_at", "scopes", "status", "token_hint", "token_id", "tokens_today"]);
+    expect(Object.keys(json[0]!).sort()).toEqual(["expires_at", "handle", "issued_at", "last_device", "last_used_at", "limits", "mesh_user", "revoked_at", "scopes", "status", "token_hint", "token_id", "tokens_today"]);
     expect(json[0]!.expires_at).toMatch(/\.\d{3}Z$/);
     const usage = await run("usage");
     expect(usage.code).toBe(0);

@@ -8,7 +8,8 @@
  * flag: --user`, exit 1); `-o json` prints Go's encoding/json of the protobuf structs.
  */
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer, type Server, type ServerResponse } from "node:http";
+import { isIP } from "node:net";
 import { join } from "node:path";
 import { tempDir } from "./harness";
 
@@ -319,19 +320,97 @@ export function fakeTailscale(address: string | undefined): FakeBin {
   };
 }
 
-/** A tailscaled LocalAPI on a unix socket answering GET /localapi/v0/status with `status`; records the Host headers. */
-export async function fakeTailscaled(status: Record<string, unknown>): Promise<{ socket: string; hosts: string[]; close(): Promise<void> }> {
+/** A device in the fake tailscaled's whois table: a user's node, or a tagged node (no user). */
+export type FakeNode = { node: string; user: { id: number; login: string } } | { node: string; tags: string[] };
+
+/** Headscale's pseudo-user of tagged nodes (hscontrol/types: TaggedDevices), as whois reports it. */
+const TAGGED_DEVICES = { ID: 2147455555, LoginName: "tagged-devices", DisplayName: "Tagged Devices" };
+
+/** tailscaled's whois reply (apitype.WhoIsResponse: tailcfg.Node, tailcfg.UserProfile, CapMap), Go's JSON of it. */
+function whoisReply(address: string, entry: FakeNode, index: number): Record<string, unknown> {
+  const tagged = "tags" in entry;
+  const user = tagged ? TAGGED_DEVICES : { ID: entry.user.id, LoginName: entry.user.login, DisplayName: entry.user.login, ProfilePicURL: "" };
+  return {
+    Node: {
+      ID: 100 + index,
+      StableID: `n${100 + index}CNTRL`,
+      Name: `${entry.node}.mesh.example.`,
+      User: user.ID,
+      ...(tagged ? { Tags: entry.tags } : {}),
+      Key: `nodekey:${"d".repeat(64)}`,
+      KeyExpiry: "0001-01-01T00:00:00Z",
+      Machine: `mkey:${"e".repeat(64)}`,
+      DiscoKey: `discokey:${"f".repeat(64)}`,
+      Addresses: [`${address}/32`],
+      AllowedIPs: [`${address}/32`],
+      Hostinfo: { OS: "linux", Hostname: entry.node },
+      Created: "2026-01-01T00:00:00Z",
+      Cap: 106,
+      Online: true,
+      ComputedName: entry.node,
+      ComputedNameWithHost: entry.node,
+    },
+    UserProfile: user,
+    CapMap: {},
+  };
+}
+
+export interface FakeTailscaled {
+  socket: string;
+  /** The Host header of every call. */
+  hosts: string[];
+  /** The `addr` of every whois call, in order. */
+  whoisCalls: string[];
+  /** Take the daemon away (the socket disappears, as when tailscaled stops) or bring it back. */
+  down(): Promise<void>;
+  up(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * A tailscaled LocalAPI on a unix socket, as tailscaled's ipn/localapi answers: GET
+ * /localapi/v0/status with `status`; GET /localapi/v0/whois?addr=IP[:PORT] from `whois` (keyed by
+ * IP; 404 "no match for IP:port" for any other address, 400 for a missing or invalid addr). Any
+ * other Host than `local-tailscaled.sock` is refused as tailscaled refuses it.
+ */
+export async function fakeTailscaled(status: Record<string, unknown>, whois: Record<string, FakeNode> = {}): Promise<FakeTailscaled> {
   const socket = join(tempDir("halo-gate-tailscaled-"), "tailscaled.sock");
   const hosts: string[] = [];
+  const whoisCalls: string[] = [];
+  const plain = (response: ServerResponse, code: number, text: string) => response.writeHead(code, { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" }).end(`${text}\n`);
   const server: Server = createServer((request, response) => {
     hosts.push(request.headers.host ?? "");
     if (request.headers.host !== "local-tailscaled.sock") {
       response.writeHead(403).end("invalid localapi Host header\n");
       return;
     }
-    if (request.method === "GET" && request.url === "/localapi/v0/status") response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(status));
-    else response.writeHead(404).end("not found\n");
+    const url = new URL(request.url ?? "/", "http://local-tailscaled.sock");
+    if (request.method === "GET" && url.pathname === "/localapi/v0/status") {
+      response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(status));
+      return;
+    }
+    if (url.pathname === "/localapi/v0/whois") {
+      const addr = url.searchParams.get("addr") ?? "";
+      whoisCalls.push(addr);
+      if (!addr) return plain(response, 400, "missing 'addr' parameter");
+      // netip.ParseAddr, else netip.ParseAddrPort ("1.2.3.4:5", "[::1]:5").
+      const match = isIP(addr) ? [addr, addr] : /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]{1,5})$/.exec(addr);
+      const ip = match ? (match[1] ?? match[2]) : undefined;
+      if (!ip || !isIP(ip)) return plain(response, 400, "invalid 'addr' parameter");
+      const entry = whois[ip];
+      if (!entry) return plain(response, 404, "no match for IP:port");
+      response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(whoisReply(ip, entry, Object.keys(whois).indexOf(ip)), null, "\t"));
+      return;
+    }
+    plain(response, 404, "404 not found");
   });
-  await new Promise<void>((resolve) => server.listen(socket, resolve));
-  return { socket, hosts, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  const listen = () => new Promise<void>((resolve) => server.listen(socket, resolve));
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (!server.listening) return resolve();
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+  await listen();
+  return { socket, hosts, whoisCalls, down: stop, up: listen, close: stop };
 }

@@ -53,6 +53,9 @@ describe.each([
     expect(key!.expiration).toBeLessThanOrEqual(now() + 24 * 3600 + 1);
     expect(key!.key).toMatch(keysById ? /^hskey-auth-[\w-]{12}-[\w-]{64}$/ : /^[0-9a-f]{48}$/);
     expect(invited.stdout).toContain(`--authkey ${key!.key} (single-use, valid 24 h)`);
+    // The token is bound to the Headscale user the key belongs to (issue 10).
+    const users = JSON.parse((await cli(["list", "--json", "--state", gateway.stateDir])).stdout) as Array<{ handle: string; mesh_user: string | null }>;
+    expect(users.find((user) => user.handle === handle)?.mesh_user).toBe(id);
   });
 
   it("revoke expires the user's keys and nodes (and nobody else's), says so, and speaks this version's CLI", async () => {

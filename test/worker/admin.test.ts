@@ -114,6 +114,23 @@ describe("admin API", () => {
     expect(updated.json?.limits).toMatchObject({ rps: 2, burst: 10, streams: 3 });
   });
 
+  it("rotate --grace keeps the old token working for the grace, then refuses it", async () => {
+    let clock = Date.now();
+    const timed = adminClient(() => clock);
+    const callAt = gatewayClient(config, { now: () => clock });
+    const first = await timed("POST", "/admin/users", { handle: "gail", scopes: ["v2"], ttl: "24h" });
+    const old = first.json?.token as string;
+    expect((await callAt("/v2/v1/models", { headers: bearer(old) })).status).toBe(200);
+    const rotated = await timed("POST", "/admin/users/gail/rotate", { grace: "10m" });
+    expect(rotated.status).toBe(200);
+    expect((await callAt("/v2/v1/models", { headers: bearer(old) })).status).toBe(200);
+    expect((await callAt("/v2/v1/models", { headers: bearer(rotated.json?.token as string) })).status).toBe(200);
+    clock += 10 * 60_000 + 1;
+    expect((await callAt("/v2/v1/models", { headers: bearer(old) })).status).toBe(401);
+    expect((await callAt("/v2/v1/models", { headers: bearer(rotated.json?.token as string) })).status).toBe(200);
+    expect((await timed("POST", "/admin/users/gail/rotate", { grace: "30d" })).status).toBe(400);
+  });
+
   it("an update reaches the user's object before it returns: scopes and limits apply to the very next request", async () => {
     const invited = await admin("POST", "/admin/users", { handle: "dave", scopes: ["v2", "sd"], rps: 100, burst: 100 });
     const token = invited.json?.token as string;
@@ -207,7 +224,10 @@ describe("admin API", () => {
     await admin("POST", "/admin/users/fay/revoke");
     await admin("POST", "/admin/users", { handle: "fay", scopes: ["nosuch"] });
     const audit = await admin("GET", "/admin/audit?since=2000-01-01T00:00:00Z");
-    const events = audit.text.trim().split("\n").map((line) => JSON.parse(line) as { action: string; handle: string; time: string });
+    const lines = audit.text.trim().split("\n").map((line) => JSON.parse(line) as { action: string; handle: string; time: string });
+    // The last line says the export is whole (and how many events it carried).
+    expect(lines.at(-1)).toEqual({ end_of_audit: true, rows: 3 });
+    const events = lines.slice(0, -1);
     expect(events.map((event) => event.action)).toEqual(["invite", "rotate", "revoke"]);
     expect(events[0]?.time).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
     for (const secret of [invited.json?.token as string, rotated.json?.token as string]) {
@@ -215,6 +235,31 @@ describe("admin API", () => {
       expect(audit.text).not.toContain(await hashToken(secret));
     }
     expect((await admin("GET", "/admin/audit?since=yesterday")).status).toBe(400);
+  });
+});
+
+describe("audit export", () => {
+  it("an export the database cut short lacks its closing line, so the CLI can tell", async () => {
+    const insert = env.DB.prepare("INSERT INTO audit (at, kind, action, status) VALUES (?1, 'admin', 'invite', 200)");
+    await env.DB.batch(Array.from({ length: 600 }, (_, index) => insert.bind(Date.now() + index)));
+    let pages = 0;
+    // A D1 that answers the first page of the export and fails on the second (a disk error mid-export).
+    const failing = new Proxy(env.DB, {
+      get(target, key) {
+        if (key !== "prepare") return Reflect.get(target, key);
+        return (sql: string) => {
+          if (sql.startsWith("SELECT * FROM audit") && ++pages === 2) throw new Error("D1_ERROR: disk I/O error");
+          return target.prepare(sql);
+        };
+      },
+    });
+    const api = createAdminApi(config);
+    const ctx = createExecutionContext();
+    const response = await api.fetch(new Request("http://admin.test/admin/audit", { headers: { authorization: `Bearer ${OPERATOR}` } }), { ...(await adminEnv()), DB: failing }, ctx);
+    const text = await response.text().catch(() => "");
+    await waitOnExecutionContext(ctx);
+    expect(text).not.toContain("end_of_audit");
+    expect(text.split("\n").filter(Boolean).length).toBeLessThanOrEqual(500);
   });
 });
 

@@ -85,12 +85,13 @@ describe("denials are aggregated per address, route, reason and window", () => {
     expect(JSON.parse(rows[0]!.detail!)).toEqual({ window: { from: new Date(start).toISOString(), to: new Date(start + AUTH_AUDIT_WINDOW_MS).toISOString() } });
   }, 20_000);
 
-  it("THE BOUND: trying every anonymous reason on every route for a minute adds at most 3 × (authenticated routes + 1) rows", async () => {
+  it("THE BOUND: trying every anonymous reason on every route for a minute adds at most 3 × (authenticated routes + 2) rows", async () => {
     // The address `unknown` (no edge) is never throttled, so every attempt is a denial to audit. Its
     // rows from other tests are told apart by time: this minute is one of the year 2100.
     const start = Date.UTC(2100, 0, 1);
     const { clock, flood } = clocked(start, false);
-    const authenticated = ["/v2/x", "/lemon/x", "/sd/x", "/down/x", "/audio/ws"];
+    const routes = ["/v2/x", "/lemon/x", "/sd/x", "/down/x", "/audio/ws"];
+    const authenticated = [...routes, "/api/me"]; // (/auth/ticket, the other gateway path, takes a POST)
     const anonymous: Array<Record<string, string>> = [{}, { authorization: "Bearer" }, { authorization: "Bearer sk-halo-00000000000000000000000000000000" }];
     let denied = 0;
     // 10 requests per route and reason every 15 s, all minute long.
@@ -105,7 +106,7 @@ describe("denials are aggregated per address, route, reason and window", () => {
     const { results: rows } = await env.DB.prepare("SELECT * FROM audit WHERE kind = 'auth' AND client = 'unknown' AND at >= ?1 AND at < ?2 ORDER BY id")
       .bind(start, start + AUTH_AUDIT_WINDOW_MS)
       .all<AuditRow>();
-    expect(rows.length).toBeLessThanOrEqual(anonymous.length * (authenticated.length + 1));
+    expect(rows.length).toBeLessThanOrEqual(anonymous.length * (routes.length + 2));
     expect(rows.length).toBe(anonymous.length * authenticated.length); // (no /auth/ticket requests here)
     expect(new Set(rows.map((row) => row.reason))).toEqual(new Set(["missing", "malformed", "unknown"]));
     expect(rows.reduce((sum, row) => sum + row.count, 0)).toBe(denied);

@@ -15,7 +15,7 @@ async function expectError(response: Response, status: number, code: string) {
   return body;
 }
 
-describe("SPEC §5 authentication rows", () => {
+describe("docs/contract.md §5 authentication rows", () => {
   const call = gatewayClient();
 
   it("no credentials → 401 with a bare Bearer challenge", async () => {

@@ -13,7 +13,7 @@ function problemsOf(raw: unknown): string[] {
 }
 
 describe("configuration (zod, validated at start)", () => {
-  it("the shipped wrangler.toml config is valid and gives the SPEC §3 defaults", () => {
+  it("the shipped wrangler.toml config is valid and gives the docs/contract.md §3 defaults", () => {
     const config = parseConfig(env.HALO_CONFIG);
     expect(config.max_users).toBe(10);
     expect(config.default_scopes).toEqual(["v2"]);

@@ -94,7 +94,7 @@ describe("the edge secret", () => {
   });
 
   it("is not required when the client address comes from cf-connecting-ip (Cloudflare)", async () => {
-    const cloudflare = gatewayClient(testConfig({ client_address_source: "cf-connecting-ip" }), {}, { edge: false });
+    const cloudflare = gatewayClient(testConfig({ client_address_source: "cf-connecting-ip", mesh: { identity: "off" } }), {}, { edge: false });
     expect((await cloudflare("/healthz")).status).toBe(200);
   });
 });

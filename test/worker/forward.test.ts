@@ -6,7 +6,7 @@ import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig, via
 
 const EDGE = { "x-halo-edge-secret": "test-edge-secret", "x-halo-client-addr": "100.64.1.7" };
 
-describe("forwarding (SPEC §4)", () => {
+describe("forwarding (docs/contract.md §4)", () => {
   const call = gatewayClient();
 
   it("strips the prefix, keeps the query unchanged, and sets the gateway's identity headers", async () => {

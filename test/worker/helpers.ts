@@ -7,10 +7,11 @@ import { userQuotaStub } from "../../src/quota/durable-object-quota";
 import { parseConfig, type GatewayConfig } from "../../src/config/schema";
 import { createGateway, type GatewayOptions } from "../../src/gateway";
 import { EDGE_SECRET_HEADER } from "../../src/http/client-address";
+import { MESH_HEADER } from "../../src/mesh/identity";
 
 export const upstreamBase = () => `http://127.0.0.1:${inject("upstreamPort")}`;
 
-/** The SPEC §3 route table, pointed at the recording upstream (and one closed port). */
+/** The docs/contract.md §3 route table, pointed at the recording upstream (and one closed port). */
 export function testConfig(overrides: Record<string, unknown> = {}): GatewayConfig {
   const upstream = upstreamBase();
   return parseConfig({
@@ -31,11 +32,14 @@ export function testConfig(overrides: Record<string, unknown> = {}): GatewayConf
 
 /**
  * Headers as serve's edge sends them: with the per-boot secret (vitest.config.ts binds EDGE_SECRET),
- * unless the test already put its own (right or wrong) secret there.
+ * unless the test already put its own (right or wrong) secret there; and, as for a loopback peer
+ * under the default `mesh.trust_loopback`, `x-halo-mesh: loopback` unless the test describes the
+ * peer's mesh owner itself (test/worker/mesh.test.ts).
  */
 export function viaEdge(headers?: HeadersInit): Headers {
   const all = new Headers(headers);
   if (!all.has(EDGE_SECRET_HEADER)) all.set(EDGE_SECRET_HEADER, env.EDGE_SECRET!);
+  if (!all.has(MESH_HEADER)) all.set(MESH_HEADER, "loopback");
   return all;
 }
 

@@ -1,4 +1,4 @@
-/** Per-user quotas on the UserQuota Durable Object, metering, 429s, throttling, audit (SPEC §6). */
+/** Per-user quotas on the UserQuota Durable Object, metering, 429s, throttling, audit (docs/contract.md §6). */
 import { abortAllDurableObjects, createExecutionContext, env, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { hashToken } from "../../src/auth/token";

@@ -1,4 +1,4 @@
-/** WebSocket tickets (SPEC §4): POST /auth/ticket → `?ticket=` on bearer_or_ticket routes. */
+/** WebSocket tickets (docs/contract.md §4): POST /auth/ticket → `?ticket=` on bearer_or_ticket routes. */
 import { describe, expect, it } from "vitest";
 import { decodeJwt } from "jose";
 import { bearer, gatewayClient, marker, recordedWith, revokeAsAdmin, seedToken, testConfig } from "./helpers";
