@@ -1,6 +1,6 @@
 /**
- * The gateway as one Hono app. The compute hot path — route → bearer → (token, scope and quota in
- * one call to the user's Durable Object) → forward → release — reads top to bottom in
+ * The gateway as one Hono app. The compute hot path — route → bearer → (token, scope, the peer's
+ * mesh owner and quota in one call to the user's Durable Object) → forward → release — reads top to bottom in
  * `handleCompute`; everything it calls does one job in its own module.
  */
 import { Hono, type Context } from "hono";

@@ -200,6 +200,11 @@ export async function serve(options: ServeOptions): Promise<number> {
       stopping = true;
       clearInterval(watchdog);
       console.log(`halo-gate: ${signal}: finishing ${edge.inFlight()} in-flight request(s)`);
+      // Whatever hangs (a runtime that will not dispose), the service manager gets an exit.
+      setTimeout(() => {
+        console.error("halo-gate: shutdown overran its grace by 15 s; exiting");
+        process.exit(1);
+      }, options.graceMs + 15_000).unref();
       for (const cron of crons) cron.stop();
       await edge.close(options.graceMs);
       mesh?.close();

@@ -198,7 +198,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     entry.connections++;
     // Issue 10: ask tailscaled about a new peer while its request head (and TLS handshake) arrives;
     // only a request with credentials will wait for the answer, the rest never look at it.
-    if (options.mesh) void options.mesh.lookup(address, socket.remotePort ?? 0);
+    if (options.mesh && process.env.TMP_NO_PREFETCH !== "1") void options.mesh.lookup(address, socket.remotePort ?? 0);
     socket.once("close", () => {
       entry.connections--;
       if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);

@@ -3,7 +3,8 @@
  * (the only listener on the mesh address) reads it off the socket and passes it in
  * `x-halo-client-addr`, proven by the per-boot `EDGE_SECRET`; a client cannot forge either, because
  * the edge strips every client-sent `x-halo-*` header. Deployed on Cloudflare, `CF-Connecting-IP`
- * is the source (config `client_address_source`).
+ * is the source (config `client_address_source`). Beside the address the edge passes who owns the
+ * peer on the mesh (`x-halo-mesh*`, issue 10: src/mesh/identity.ts), trusted under the same secret.
  *
  * The core's own socket is on loopback, but any local process can reach it, and what reaches it
  * directly skipped the edge's raw-target screening. So when `EDGE_SECRET` is bound and the address

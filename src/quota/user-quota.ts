@@ -2,7 +2,9 @@
  * One Durable Object per user (SQLite-backed): the one place that decides whether a request of
  * this user may run (issue 8). `authorize` confirms the token (current, scoped) from the user's
  * tokens it holds in memory (loaded from D1, the durable record; the admin API tells it of every
- * change before returning) and admits the request with every quota check at once — one call per
+ * change before returning), then that the request came from a device of the user's mesh user
+ * (issue 10, `meshVerdict` against the `mesh_user` loaded with the tokens; counted in `metrics.mesh`)
+ * and admits the request with every quota check at once — one call per
  * request, and no storage write on the way: a Durable Object runs one call at a time, so the
  * checks are atomic (32 concurrent requests against a bucket of N admit exactly N) without one.
  *

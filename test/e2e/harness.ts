@@ -87,7 +87,11 @@ export async function startServe(options: { stateDir?: string; args?: string[]; 
     exited,
     async stop(signal = "SIGTERM") {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
+      // A serve that does not finish within its grace and a margin is a failure to see, not a hang.
+      const killer = setTimeout(() => child.kill("SIGKILL"), 45_000);
+      const code = await exited;
+      clearTimeout(killer);
+      return code;
     },
   };
 }

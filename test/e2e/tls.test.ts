@@ -46,6 +46,7 @@ function pinnedGet(url: string, pin: string, ca: string, options: { host?: strin
       response.on("data", (chunk: Buffer) => (body += chunk));
       response.on("end", () => resolve({ status: response.statusCode ?? 0, body }));
     });
+    req.setTimeout(10_000, () => req.destroy(new Error("no answer in 10 s")));
     req.on("error", reject);
     req.end();
   });
@@ -67,7 +68,8 @@ describe("serve --tls", () => {
   it("serves HTTPS only, with a self-signed certificate a pinned client trusts, kept across restarts and renewed on a name change", async () => {
     const config = testWranglerConfig(upstream.port);
     const args = ["--bind", "127.0.0.3:0", "--tls", "--tls-name", "strixhalo.local"];
-    const first = await startServe({ config, args });
+    const env = { HALO_GATE_SHUTDOWN_GRACE_MS: "2000" };
+    const first = await startServe({ config, args, env });
     let stateDir = first.stateDir;
     try {
       expect(first.url).toMatch(/^https:\/\/127\.0\.0\.3:\d+$/);
@@ -85,11 +87,11 @@ describe("serve --tls", () => {
       expect(await plainHttp("127.0.0.3", port)).not.toMatch(/^HTTP\/1\.[01] 200/);
       expect((await first.stop()) ?? 0).toBe(0);
 
-      const second = await startServe({ stateDir, config, args });
+      const second = await startServe({ stateDir, config, args, env });
       expect(printedFingerprint(second.output())).toBe(pin);
       expect((await second.stop()) ?? 0).toBe(0);
 
-      const renamed = await startServe({ stateDir, config, args: ["--bind", "127.0.0.3:0", "--tls", "--tls-name", "halo.example"] });
+      const renamed = await startServe({ stateDir, config, args: ["--bind", "127.0.0.3:0", "--tls", "--tls-name", "halo.example"], env });
       stateDir = renamed.stateDir;
       const renewed = printedFingerprint(renamed.output());
       expect(renewed).toMatch(/^sha256:[0-9a-f]{64}$/);
