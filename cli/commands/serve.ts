@@ -14,7 +14,7 @@ import { bundleWorker } from "../serve/bundle";
 import { startCore } from "../serve/core";
 import { scheduleCrons, validateCron } from "../serve/cron";
 import { startEdge, type Edge, type TlsCredentials } from "../serve/edge";
-import { createMeshResolver, type MeshResolver } from "../serve/mesh-identity";
+import { createMeshResolver, isLoopback, type MeshResolver } from "../serve/mesh-identity";
 import { servedHosts } from "../serve/edge-screen";
 import type { TlsMaterial } from "../serve/tls";
 import { childPids, reapOrphan } from "../serve/orphans";
@@ -166,7 +166,8 @@ export async function serve(options: ServeOptions): Promise<number> {
   console.log(`halo-gate crons: ${(options.cron ? [options.cron] : worker.crons).join(", ") || "none"} (UTC); state in ${options.stateDir}; ready in ${Math.round(performance.now() - started)} ms`);
   if (!worker.config.quotas) console.warn("halo-gate: WARNING: quotas = false in HALO_CONFIG: per-user quotas are not enforced");
   console.log(meshIdentityLine(worker.config.mesh));
-  if (mesh && !existsSync(meshConfig.tailscaled_socket)) {
+  // Bound to loopback with loopback trusted, no peer is ever looked up: nothing to warn about.
+  if (mesh && !existsSync(meshConfig.tailscaled_socket) && !(meshConfig.trust_loopback && isLoopback(bind.host))) {
     console.warn(`halo-gate: WARNING: mesh.identity = "${meshConfig.identity}" but there is no tailscaled socket at ${meshConfig.tailscaled_socket} (set mesh.tailscaled_socket, or run halo-gate doctor)`);
   }
   if (tls) {

@@ -198,7 +198,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     entry.connections++;
     // Issue 10: ask tailscaled about a new peer while its request head (and TLS handshake) arrives;
     // only a request with credentials will wait for the answer, the rest never look at it.
-    if (options.mesh && process.env.TMP_NO_PREFETCH !== "1") void options.mesh.lookup(address, socket.remotePort ?? 0);
+    if (options.mesh) void options.mesh.lookup(address, socket.remotePort ?? 0);
     socket.once("close", () => {
       entry.connections--;
       if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);
@@ -356,7 +356,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     if (lookup instanceof Promise) {
       void lookup.then((answer) => {
         mesh = answer;
-        if (!done) dispatch(0);
+        if (done) return;
+        try {
+          dispatch(0);
+        } catch (error) {
+          // As in the "request" handler: never let one bad request take the listener down.
+          console.error(`halo-gate edge: ${(error as Error).message}`);
+          sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
+        }
       });
     } else {
       mesh = lookup;

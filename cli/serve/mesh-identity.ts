@@ -7,28 +7,49 @@
  * On Linux, tailscaled's netfilter rules drop 100.64/10 traffic that did not come in on the tailscale
  * interface, so the TCP peer address — and with it this answer — is trustworthy.
  *
- * Where the lookup runs, and why here (measured, see the numbers below): the edge already owns the
- * real peer address and already hands it to the core with the per-boot secret, so the identity
- * travels the same way (src/mesh/identity.ts, headers `x-halo-mesh*`), and the core compares it in
- * the user's Durable Object, in the one call that confirms the token. The worker stays free of
- * tailscaled: under `wrangler dev` (no edge) and on Cloudflare the check is simply off.
+ * Where the lookup runs, and why here. Both places were measured against the same fake tailscaled:
+ * one whois from the worker through a workerd external service bound to the unix socket costs
+ * 0.72 ms (median, warm), from the edge's Node client 0.8–1.0 ms; cached, both cost nothing. The
+ * edge was chosen because (1) it can start the lookup when the connection is accepted, before the
+ * request exists, which the worker cannot (on a fresh TLS connection that halves the uncached cost,
+ * below); (2) it already owns the real peer address and hands it to the core with the per-boot
+ * secret, so the identity travels the same way (src/mesh/identity.ts, headers `x-halo-mesh*`), and
+ * the core compares it in the user's Durable Object, in the one call that confirms the token; (3)
+ * the worker needs no binding that `wrangler dev` and Cloudflare lack: without an edge (wrangler
+ * dev) or on Cloudflare the check is simply off.
  *
  * What it costs per request, and when:
- *   - only requests that carry credentials (an Authorization header or a `ticket=` query) are looked
- *     up; a request without them (401 anyway) never waits. A request with a wrong token may wait for
- *     one lookup, but answers are cached per address, so at most one per address per TTL;
+ *   - only requests that carry credentials (an Authorization header or a `ticket=` query) wait for
+ *     an answer; a request without them (401 anyway, or an open route) never waits. A request with a
+ *     wrong token may wait for one lookup, but answers are cached per address, so at most one per
+ *     address per TTL;
+ *   - the lookup of a new peer starts when its connection is accepted (the edge's "connection"
+ *     event), so it runs while the TLS handshake and the request head arrive; only a credentialed
+ *     request then waits for what is left of it;
  *   - loopback peers are trusted without a lookup while `mesh.trust_loopback` is true;
  *   - answers are cached per IP address (the owner of an address does not depend on the port):
  *     POSITIVE_TTL_MS (10 s) for a known node (a user's or a tagged one), NEGATIVE_TTL_MS (2 s) for
  *     an address tailscaled does not know, UNAVAILABLE_TTL_MS (1 s) when it could not answer. A node
  *     that is expired or deleted by `revoke` cannot send packets to this box any more, so a cached
  *     answer can only outlive a change of an address's owner, which Headscale does not make within
- *     seconds; concurrent requests from a new address share one lookup;
- *   - measured through `serve` on the 2-core dev machine (c=1, a fake tailscaled speaking the LocalAPI
- *     on a unix socket, test/e2e/fakes.ts; medians of 400 requests, see the report of issue 10):
- *     a cached answer adds no measurable time (the median moved by less than the run-to-run noise of
- *     ~0.05 ms); an uncached one adds one unix-socket round trip, about 0.3 ms (keep-alive to
- *     tailscaled; a real tailscaled answers whois from memory as well).
+ *     seconds; concurrent requests from a new address share one lookup.
+ *
+ * Measured through `serve` (2-core dev machine, c=1, GET /v2/v1/models with a bearer, a fake
+ * tailscaled speaking the LocalAPI in its own process — test/e2e/fakes.ts —, `enforce` against
+ * `off` interleaved request by request; medians):
+ *   - cached (the normal case: a device's requests within 10 s of each other): no measurable cost,
+ *     2.43 vs 2.43 ms on a kept-alive connection (3,000 requests each), 2.93 vs 3.31 ms on fresh
+ *     connections (600 each);
+ *   - uncached (a device's first request, or its first after 10 s idle): +1.1 ms on a fresh plain
+ *     HTTP connection (4.40 vs 3.31 ms), +0.6 ms on a fresh TLS connection (7.17 vs 6.54 ms; +1.4 ms
+ *     without the lookup starting at accept) — one unix-socket round trip to tailscaled, which
+ *     alone measured 0.8–1.0 ms from Node against the (Node) fake; the real tailscaled answers whois
+ *     from memory too;
+ *   - when a token's device changes, `last_device` is written at once (otherwise with last_used_at,
+ *     about once a minute); the write is off the response path, but on 2 cores it competes for CPU:
+ *     with every request from another device, uncached requests measured +2.8 ms instead of +1.1.
+ * The bench's budget (README: the full path adds ~2.6 ms at c=1) is kept: nothing in the steady
+ * state, about a millisecond once per device per 10 s.
  *
  * tailscaled not answering (no socket, refused, timeout after TIMEOUT_MS, a 5xx, or a 403 because
  * the gateway's user may not read the socket) is `unavailable`: `enforce` then refuses with 503.

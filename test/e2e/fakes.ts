@@ -363,6 +363,12 @@ export interface FakeTailscaled {
   whoisCalls: string[];
   /** Take the daemon away (the socket disappears, as when tailscaled stops) or bring it back. */
   down(): Promise<void>;
+  /** Answer whois only after this long (0: at once). */
+  slow(ms: number): void;
+  /** The `addr` of every whois call not answered yet (nor abandoned by the caller). */
+  pendingWhois: Set<string>;
+  /** The `addr` of every whois call answered, in the order the answers were sent. */
+  answeredWhois: string[];
   up(): Promise<void>;
   close(): Promise<void>;
 }
@@ -377,6 +383,9 @@ export async function fakeTailscaled(status: Record<string, unknown>, whois: Rec
   const socket = join(tempDir("halo-gate-tailscaled-"), "tailscaled.sock");
   const hosts: string[] = [];
   const whoisCalls: string[] = [];
+  let delayMs = 0;
+  const pendingWhois = new Set<string>();
+  const answeredWhois: string[] = [];
   const plain = (response: ServerResponse, code: number, text: string) => response.writeHead(code, { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" }).end(`${text}\n`);
   const server: Server = createServer((request, response) => {
     hosts.push(request.headers.host ?? "");
@@ -398,8 +407,13 @@ export async function fakeTailscaled(status: Record<string, unknown>, whois: Rec
       const ip = match ? (match[1] ?? match[2]) : undefined;
       if (!ip || !isIP(ip)) return plain(response, 400, "invalid 'addr' parameter");
       const entry = whois[ip];
-      if (!entry) return plain(response, 404, "no match for IP:port");
-      response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(whoisReply(ip, entry, Object.keys(whois).indexOf(ip)), null, "\t"));
+      pendingWhois.add(addr);
+      response.once("finish", () => answeredWhois.push(addr));
+      response.once("close", () => pendingWhois.delete(addr));
+      setTimeout(() => {
+        if (!entry) return plain(response, 404, "no match for IP:port");
+        response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(whoisReply(ip, entry, Object.keys(whois).indexOf(ip)), null, "\t"));
+      }, delayMs);
       return;
     }
     plain(response, 404, "404 not found");
@@ -412,5 +426,5 @@ export async function fakeTailscaled(status: Record<string, unknown>, whois: Rec
       server.closeAllConnections();
     });
   await listen();
-  return { socket, hosts, whoisCalls, down: stop, up: listen, close: stop };
+  return { socket, hosts, whoisCalls, down: stop, up: listen, close: stop, slow: (ms) => void (delayMs = ms), pendingWhois, answeredWhois };
 }
