@@ -56,6 +56,12 @@ export interface Serve {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/**
+ * Every serve this test file started, with what it printed. Nothing of it reaches the terminal
+ * while tests pass; test/e2e/setup.ts prints, for a failing test, what each serve printed during it.
+ */
+export const startedServes: Array<{ label: string; output(): string }> = [];
+
 export async function startServe(options: { stateDir?: string; args?: string[]; env?: NodeJS.ProcessEnv; config?: string } = {}): Promise<Serve> {
   const stateDir = options.stateDir ?? tempDir();
   const args = ["serve", "--state", stateDir, "--admin-bind", "127.0.0.1:0", ...(options.config ? ["--config", options.config] : []), ...(options.args ?? ["--bind", "127.0.0.1:0"])];
@@ -63,6 +69,7 @@ export async function startServe(options: { stateDir?: string; args?: string[]; 
   let output = "";
   child.stdout!.on("data", (chunk) => (output += chunk));
   child.stderr!.on("data", (chunk) => (output += chunk));
+  startedServes.push({ label: `halo-gate ${args.join(" ")} (pid ${child.pid})`, output: () => output });
   const exited = new Promise<number | null>((resolvePromise) => child.on("exit", (code) => resolvePromise(code)));
   const url = await new Promise<string>((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error(`serve did not start in 30 s:\n${output}`)), 30_000);
