@@ -4,7 +4,7 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
 import type { Hono } from "hono";
 import { createAdminApi } from "./admin/api";
-import { parseConfig, ConfigError, type GatewayConfig } from "./config/schema";
+import { parseConfig, ConfigError, type GatewayConfig } from "./shared/config";
 import { errors } from "./http/errors";
 import { createGateway, type GatewayEnv } from "./gateway";
 import { sweepExpiredTokens } from "./auth/sweep";

@@ -11,8 +11,8 @@ import { headscaleAvailable, headscaleUserId, mintPreAuthKeyFor, revokeMeshAcces
 import { accessMessage, seatsFullMessage } from "../invite-message";
 import { print, printError, printJson, printJsonText, printTable, toSecond, type Column, type Style } from "../output";
 import type { RuntimeInfo } from "../state";
-import { MESH_USER_PATTERN } from "../../src/mesh/identity";
-import { AUDIT_END, type ImportReport, type IssuedToken, type ListedUser, type TokenStatus, type UserUsage, type UserView } from "../../src/admin/wire";
+import { MESH_USER_PATTERN } from "../../src/shared/mesh-identity";
+import { AUDIT_END, type ImportReport, type IssuedToken, type ListedUser, type TokenStatus, type UserUsage, type UserView } from "../../src/shared/admin-wire";
 
 const withoutUndefined = <T extends object>(object: T) => Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined));
 const userPath = (handle: string, action = "") => `/admin/users/${encodeURIComponent(handle)}${action}`;

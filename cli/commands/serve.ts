@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { GatewayConfig } from "../../src/config/schema";
+import type { GatewayConfig } from "../../src/shared/config";
 import { CliError } from "../errors";
 import { applyMigrations } from "../serve/migrations";
 import { checkBindAllowed, formatHostPort, parseBindAddress, tailscaleAddress } from "../serve/bind";

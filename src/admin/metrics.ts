@@ -2,11 +2,11 @@
  * Per-user usage and metrics, read from each user's UserQuota Durable Object: JSON for
  * `halo-gate usage`, Prometheus text for `/metrics`. Labels carry the handle, never a token.
  */
-import type { GatewayConfig } from "../config/schema";
+import type { GatewayConfig } from "../shared/config";
 import { usageSnapshot } from "../quota/durable-object-quota";
 import { LATENCY_BUCKETS } from "../quota/user-quota";
 import { listUsers } from "./users";
-import type { UserUsage } from "./wire";
+import type { UserUsage } from "../shared/admin-wire";
 
 export async function collectUsage(env: Env, config: GatewayConfig, now: number): Promise<UserUsage[]> {
   const users = await listUsers(env.DB, config, now);

@@ -5,8 +5,8 @@
  * however it ended.
  */
 import type { TokenIdentity } from "../auth/token-store";
-import type { UserLimits } from "../config/schema";
-import type { MeshCheck, MeshVerdict } from "../mesh/identity";
+import type { UserLimits } from "../shared/config";
+import type { MeshCheck, MeshVerdict } from "../shared/mesh-identity";
 
 export type QuotaRefusal = "rate" | "concurrency" | "daily";
 

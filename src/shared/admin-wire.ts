@@ -2,7 +2,7 @@
  * The admin API's response shapes: one definition for the worker that sends them and the CLI that
  * reads them. Types only, and free of Workers types, so the Node side can import it too.
  */
-import type { UserLimits } from "../config/schema";
+import type { UserLimits } from "./config";
 
 export type TokenStatus = "active" | "expired" | "revoked";
 

@@ -6,6 +6,7 @@
  * Pure TypeScript, no Node or Workers APIs: the CLI imports it too.
  */
 import { z } from "zod";
+import { AUTH_KIND_NAMES, AUTH_KINDS } from "./auth-kinds";
 import { durationProblem, MAX_TTL, parseDuration } from "./duration";
 
 export const HANDLE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,31}$/;
@@ -67,7 +68,8 @@ const routeSchema = z
     host: z.string().regex(/^[a-z0-9.-]+(:[0-9]{1,5})?$/).optional(),
     upstream: z.url({ protocol: /^(https?|wss?)$/ }),
     strip_prefix: z.boolean().default(false),
-    auth: z.enum(["bearer", "bearer_or_ticket", "none"]),
+    /** How a request proves itself: src/shared/auth-kinds.ts. */
+    auth: z.enum(AUTH_KIND_NAMES),
     scope: z.string().regex(SCOPE_PATTERN).optional(),
     /** LLM endpoints whose `usage` is charged against the daily token quota. */
     metered: z.boolean().default(false),
@@ -80,10 +82,11 @@ const routeSchema = z
     if (url.search || url.hash) {
       ctx.addIssue({ code: "custom", path: ["upstream"], message: "upstream must not carry a query or fragment" });
     }
-    if (route.auth === "none" && route.scope !== undefined) {
+    const open = !AUTH_KINDS[route.auth].credentials;
+    if (open && route.scope !== undefined) {
       ctx.addIssue({ code: "custom", path: ["scope"], message: 'a route with auth = "none" takes no scope' });
     }
-    if (route.auth === "none" && route.metered) {
+    if (open && route.metered) {
       ctx.addIssue({ code: "custom", path: ["metered"], message: 'a metered route needs auth (cannot be "none")' });
     }
     const shadowed = GATEWAY_PATHS.find((own) => route.path === own || route.path.startsWith(`${own}/`));
@@ -91,7 +94,7 @@ const routeSchema = z
       ctx.addIssue({ code: "custom", path: ["path"], message: `${route.path} would shadow the gateway's own ${shadowed}` });
     }
   })
-  .transform((route) => ({ ...route, scope: route.auth === "none" ? null : (route.scope ?? route.name) }));
+  .transform((route) => ({ ...route, scope: AUTH_KINDS[route.auth].credentials ? (route.scope ?? route.name) : null }));
 
 export const DEFAULT_ROUTES: z.input<typeof routeSchema>[] = [
   { name: "v2", path: "/v2", upstream: "http://127.0.0.1:8080", strip_prefix: true, auth: "bearer", metered: true },
@@ -249,7 +252,7 @@ const longest = (routes: ResolvedRoute[]) => routes.reduce<ResolvedRoute | undef
 /**
  * The generic (Host-less) routes whose requests `route` takes when its Host is sent: the one that
  * would serve its own path, and, for a prefix route, the one that would serve the paths below it
- * (the longest path wins and a Host route wins a tie, as src/proxy/routes.ts matches).
+ * (the longest path wins and a Host route wins a tie, as src/shared/routes.ts matches).
  */
 function genericTwins(routes: ResolvedRoute[], route: ResolvedRoute): Set<ResolvedRoute> {
   const generic = routes.filter((candidate) => candidate.host === undefined && servesPath(candidate, route.path));
@@ -257,12 +260,10 @@ function genericTwins(routes: ResolvedRoute[], route: ResolvedRoute): Set<Resolv
   return new Set(twins.filter((twin): twin is ResolvedRoute => twin !== undefined));
 }
 
-/** How strict each auth kind is: a route may not stand in for a stricter one. */
-const AUTH_STRENGTH: Record<ResolvedRoute["auth"], number> = { none: 0, bearer_or_ticket: 1, bearer: 2 };
 
 /** How `route` is weaker than `twin`, in words, or `undefined` when it is at least as strict. */
 function weakerThan(route: ResolvedRoute, twin: ResolvedRoute): string | undefined {
-  if (AUTH_STRENGTH[route.auth] < AUTH_STRENGTH[twin.auth]) return `auth = "${route.auth}" where it has auth = "${twin.auth}"`;
+  if (AUTH_KINDS[route.auth].strength < AUTH_KINDS[twin.auth].strength) return `auth = "${route.auth}" where it has auth = "${twin.auth}"`;
   if (twin.scope !== null && route.scope !== twin.scope) return `scope "${route.scope}" where it needs scope "${twin.scope}"`;
   if (twin.metered && !route.metered) return "not metered where it is metered (the daily token quota would not apply)";
   return undefined;
