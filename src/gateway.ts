@@ -15,17 +15,19 @@ import { D1TokenStore, type TokenIdentity } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig, UserLimits } from "./shared/config";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
 import { meshAuditReason, meshCheck, type MeshVerdict } from "./shared/mesh-identity";
-import { answerError, errors } from "./http/errors";
+import { answerError, errors, Refused } from "./http/errors";
 import { AUTH_KINDS, presentedCredential, type Credential } from "./shared/auth-kinds";
+import { ABANDONED_PATH } from "./shared/edge-protocol";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
-import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
-import { forward, readBodyText } from "./proxy/forward";
+import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, requestsStream, type MeterPlan, type UsageTally } from "./metering/usage";
+import { forward, readBodyText, type ForwardOptions } from "./proxy/forward";
+import { awaitTurn, QUEUE_WAIT_HEADER, queuedEventStream, queueRefusal, queueSnapshot, queueUsage, upstreamLease, upstreamSchedulerStub, type Entered, type QueueOutcome } from "./queue/queue-wait";
 import { matchRoute } from "./shared/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
-import type { Admission, AuthorizeRequest, QuotaService } from "./quota/quota";
-import { holdSlot, watchBody } from "./quota/slot";
+import type { Admission, AuthorizeRequest, QuotaService, QuotaState } from "./quota/quota";
+import { holdSlot, watchBody, type Slot } from "./quota/slot";
 import { relayWebSocket } from "./proxy/websocket-relay";
 import { isStorageFailure } from "./storage/failure";
 import { storageWritable } from "./storage/health";
@@ -51,6 +53,20 @@ interface Authorized {
   limits: UserLimits | null;
   /** For the request's audit row: the device it came from, and a mesh would-deny under `warn`. */
   note: AuditNote;
+}
+
+/** An admitted request on its way to the upstream (see `respond`). */
+interface Respond {
+  request: Request;
+  forwardOptions: ForwardOptions;
+  slot: Slot;
+  limits: UserLimits;
+  state: QuotaState;
+  metered: boolean;
+  plan: MeterPlan;
+  tally: UsageTally;
+  /** How long it waited for its upstream slot; null on a route without a queue. */
+  waitedMs: number | null;
 }
 
 /** What the mesh check adds to an audit row (issue 10). */
@@ -81,11 +97,23 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.get("/_halo/connect.js", (c) => c.body(CONNECT_JS, 200, { ...PAGE_HEADERS, "content-type": "text/javascript; charset=utf-8" }));
   app.get("/_halo/connect.css", (c) => c.body(CONNECT_CSS, 200, { ...PAGE_HEADERS, "content-type": "text/css; charset=utf-8" }));
   app.post("/auth/ticket", handleTicket);
+  // The edge: this request's client went away before its response started (src/shared/edge-protocol.ts).
+  app.post(ABANDONED_PATH, async (c) => {
+    const id = c.var.peer.requestId;
+    if (id && config.routes.some((route) => route.max_in_flight !== undefined)) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
+    return c.body(null, 204);
+  });
   // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
   app.get("/api/me", async (c) => {
     const { token, quota, note } = await authorizeRequest(c, { name: "api/me", scope: null }, bearerOf(c), false);
     const profile = await quota.profile(token, now(), config.limits, config.timezone);
     if (!profile) throw errors.invalidToken();
+    // The fair queue (issue 12): what this user waits for now, and has waited, since serve started.
+    const queues = await queueSnapshot(c.env, config);
+    if (queues) {
+      profile.in_flight += queues.users[token.handle]?.inFlight ?? 0;
+      profile.queue = queueUsage(queues, token.handle);
+    }
     // A mesh would-deny (warn) is recorded here too; other /api/me calls leave no row, as before.
     if (note.reason) recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", handle: token.handle, tokenId: token.tokenId, route: "api/me", status: 200, client: c.var.peer.address, ...note }, auditFlushMs);
     return c.json(profile, 200, NO_STORE);
@@ -189,7 +217,10 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     // reads (GET /v1/models, HEAD, OPTIONS) are governed by the rate bucket alone (issue 9).
     const webSocket = c.req.header("upgrade")?.toLowerCase() === "websocket";
     const holdsSlot = webSocket || SUBMITS_WORK.has(request.method);
-    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot, enforce: config.quotas };
+    // On a route with `max_in_flight`, work waits its turn in the fair queue instead (issue 12): the
+    // scheduler then counts the user's cap on the queued routes, so the user's object does not refuse it.
+    const queued = route.max_in_flight !== undefined && holdsSlot;
+    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot: holdsSlot && !queued, enforce: config.quotas };
     const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, credential, admit);
     const { token, quota, note } = authorized;
     // Asked to admit, the object always answers with an admission and the user's limits.
@@ -200,7 +231,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       throw quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
     }
 
-    // 4. Forward; the slot is released and the tokens charged when the response ends, however it ends.
+    // 4. The slot is released and the tokens charged when the response ends, however it ends.
     const tally: UsageTally = { reported: null, deltas: 0 };
     const slot = holdSlot({
       quota,
@@ -214,20 +245,95 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit, ...note }, auditFlushMs),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
-    let upstream: Response;
+    // A generation request's body is read for metering, and a queued route's to know whether it streams.
+    let bodyOverride: string | undefined;
     let plan: MeterPlan = { dropInjectedUsage: false };
+    let streams = false;
+    const readsBody = metered || (queued && (c.req.header("content-type") ?? "").startsWith("application/json"));
+    if (readsBody) {
+      try {
+        bodyOverride = await readBodyText(request, config.body_limit_bytes);
+      } catch (error) {
+        void slot.end(error instanceof HTTPException ? error.status : 400);
+        throw error;
+      }
+      streams = requestsStream(bodyOverride);
+      if (metered) ({ body: bodyOverride, plan } = planMeteredRequest(bodyOverride));
+    }
+
+    // 5. Forward; on a queued route, when its turn comes (issue 12).
+    const run = (waitedMs: number | null) =>
+      respond(c, { request, forwardOptions: { ...forwardOptions, identity, bodyOverride }, slot, limits, state: admission.state, metered, plan, tally, waitedMs });
+    if (!queued) return run(null);
+    const scheduler = upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER);
+    // The edge's id for the request, so that it can take it out of the queue if its client leaves.
+    const id = c.var.peer.requestId ?? crypto.randomUUID();
+    const slotRequest = {
+      id,
+      route: route.name,
+      maxInFlight: route.max_in_flight!,
+      user: token.handle,
+      cap: config.quotas ? limits.streams : Infinity,
+      leaseMs: config.quota_lease_ms,
+      timeoutMs: route.queue_timeout_ms ?? config.queue_timeout_ms,
+    };
+    let entered: Entered;
     try {
-      let bodyOverride: string | undefined;
-      if (metered) ({ body: bodyOverride, plan } = planMeteredRequest(await readBodyText(request, config.body_limit_bytes)));
+      entered = await scheduler.enter(slotRequest);
+    } catch (error) {
+      void slot.end(503);
+      console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
+      throw errors.queueUnavailable();
+    }
+    if (entered.kind === "granted") {
+      slot.attach(upstreamLease(scheduler, entered.leaseId));
+      return run(0);
+    }
+    const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
+    if (streams) {
+      // A stream that waits is answered at once, and told where it stands (src/queue/queue-wait.ts).
+      const body = queuedEventStream({
+        scheduler,
+        id,
+        route: route.name,
+        position: entered.position,
+        signal: request.signal,
+        waitUntil: (promise) => c.executionCtx.waitUntil(promise),
+        refused,
+        run: (granted) => {
+          slot.attach(upstreamLease(scheduler, granted.leaseId));
+          return run(granted.waitedMs);
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", [QUEUE_WAIT_HEADER]: "queued" } });
+    }
+    const outcome = await awaitTurn(scheduler, id, request.signal);
+    if (outcome.kind !== "granted") {
+      refused(outcome);
+      throw new Refused(queueRefusal(outcome, route.name), { [QUEUE_WAIT_HEADER]: String(outcome.waitedMs) });
+    }
+    slot.attach(upstreamLease(scheduler, outcome.leaseId));
+    return run(outcome.waitedMs);
+  }
+
+  /**
+   * Forwards an admitted request and hands its response back with the user's quota state (and how
+   * long it waited in the queue, on a queued route); the slot ends when the response has ended.
+   */
+  async function respond(c: Context<GatewayEnv>, r: Respond): Promise<Response> {
+    const { slot } = r;
+    let upstream: Response;
+    try {
       const started = Date.now();
-      upstream = await forward(request, { ...forwardOptions, identity, bodyOverride });
+      upstream = await forward(r.request, r.forwardOptions);
       slot.upstreamLatencyMs = Date.now() - started;
     } catch (error) {
       void slot.end(error instanceof HTTPException ? error.status : 502);
       throw error;
     }
     const headers = new Headers(upstream.headers);
-    for (const [name, value] of Object.entries(quotaHeaders(limits, admission.state))) headers.set(name, value);
+    for (const [name, value] of Object.entries(quotaHeaders(r.limits, r.state))) headers.set(name, value);
+    if (r.waitedMs !== null) headers.set(QUEUE_WAIT_HEADER, String(r.waitedMs));
     // A WebSocket holds its slot for its life, and is closed if the token is revoked (issue 9).
     if (upstream.status === 101 && upstream.webSocket) {
       const relay = relayWebSocket(upstream.webSocket, slot.revoked);
@@ -236,15 +342,15 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     }
     // The slot ends at the headers when the work is done by then: no body, or a fixed-length body
     // that is not metered (issue 8: the body is then handed through untouched, no stream between).
-    if (!upstream.body || (!metered && upstream.headers.has("content-length"))) {
+    if (!upstream.body || (!r.metered && upstream.headers.has("content-length"))) {
       void slot.end(upstream.status);
       return new Response(upstream.body, { status: upstream.status, statusText: upstream.statusText, headers, webSocket: upstream.webSocket ?? null });
     }
     // Only generation endpoints are read for usage; every other stream passes a native pipe that
     // ends the slot when the body ends, however it ends.
-    const delivered = metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)) : upstream.body;
+    const delivered = r.metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", r.plan, r.tally)) : upstream.body;
     const sse = (upstream.headers.get("content-type") ?? "").startsWith("text/event-stream");
-    const body = watchBody(delivered, slot, upstream.status, { signal: request.signal, waitUntil: (promise) => c.executionCtx.waitUntil(promise), sse });
+    const body = watchBody(delivered, slot, upstream.status, { signal: r.request.signal, waitUntil: (promise) => c.executionCtx.waitUntil(promise), sse });
     return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
 

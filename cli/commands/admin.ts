@@ -239,6 +239,9 @@ const USAGE_COLUMNS: Column<UserUsage>[] = [
     drop: 2,
   },
   { header: "DAY", cell: (user) => user.day, wide: true },
+  // The fair queue (issue 12): waiting now, and the mean wait of those that waited.
+  { header: "QUEUED", cell: (user) => count(user.queue?.queued), align: "right", wide: true },
+  { header: "WAIT AVG/MAX", cell: (user) => (user.queue?.waited ? `${Math.round(user.queue.wait_ms_total / user.queue.waited)}/${user.queue.wait_ms_max} ms` : "—"), align: "right", wide: true },
 ];
 
 export async function usage({ flags, stateDir }: Input<"usage">): Promise<number> {

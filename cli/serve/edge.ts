@@ -23,7 +23,8 @@ import { Pool, type Dispatcher } from "undici";
 import type { GatewayConfig } from "../../src/shared/config";
 import { meshHeaders, type MeshPeer } from "../../src/shared/mesh-identity";
 import { AUTH_KINDS } from "../../src/shared/auth-kinds";
-import { EDGE_CLIENT_HEADER, EDGE_SECRET_HEADER, EDGE_TLS_HEADER, isInternalHeader } from "../../src/shared/edge-protocol";
+import { randomUUID } from "node:crypto";
+import { ABANDONED_PATH, EDGE_CLIENT_HEADER, EDGE_REQUEST_HEADER, EDGE_SECRET_HEADER, EDGE_TLS_HEADER, isInternalHeader } from "../../src/shared/edge-protocol";
 import { canonicalName, HOP_BY_HOP } from "../../src/shared/header-allowlist";
 import { refusalJson, refusals } from "../../src/shared/refusals";
 import { declaredBody, isWebSocketUpgrade, routeOf, screenRequest, type EdgeRefusal } from "./edge-screen";
@@ -109,7 +110,7 @@ function peerAddress(socket: Socket): string {
 }
 
 /** Client headers minus hop-by-hop, framing, those named in Connection and internal ones; plus the edge's own. */
-function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }, mesh: MeshPeer | null): string[] {
+function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }, mesh: MeshPeer | null, requestId: string): string[] {
   const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())));
   const headers: string[] = ["host", request.headers.host!];
   for (let index = 0; index < request.rawHeaders.length; index += 2) {
@@ -118,7 +119,7 @@ function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body
     headers.push(request.rawHeaders[index]!, request.rawHeaders[index + 1]!);
   }
   if (body.length !== null && body.length > 0) headers.push("content-length", String(body.length));
-  headers.push(EDGE_SECRET_HEADER, options.secret, EDGE_CLIENT_HEADER, peerAddress(request.socket));
+  headers.push(EDGE_SECRET_HEADER, options.secret, EDGE_CLIENT_HEADER, peerAddress(request.socket), EDGE_REQUEST_HEADER, requestId);
   if (options.tls) headers.push(EDGE_TLS_HEADER, options.tls.fingerprint);
   if (mesh) for (const [name, value] of meshHeaders(mesh)) headers.push(name, value);
   return headers;
@@ -235,6 +236,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     return refusals.storageUnavailable();
   }
 
+  /** Tells the core that a request's client left before its response started (fire and forget). */
+  function abandoned(requestId: string) {
+    pool
+      .request({ path: ABANDONED_PATH, method: "POST", headers: { host: "halo-gate.internal", [EDGE_SECRET_HEADER]: options.secret, [EDGE_REQUEST_HEADER]: requestId } })
+      .then((answer) => answer.body.dump())
+      .catch(() => {});
+  }
+
   /** One client request → one freshly framed core request. `upgradeSocket` is set for WebSocket handshakes. */
   function handle(request: IncomingMessage, response: ServerResponse, upgradeSocket: { socket: Duplex; head: Buffer } | null) {
     if (stopping) response.shouldKeepAlive = false;
@@ -244,7 +253,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       request.resume();
       return;
     }
+    // The edge's own message to the core; a client has no business there.
+    if (request.url!.split("?")[0] === ABANDONED_PATH) {
+      sendRefusal(response, refusals.notFound());
+      request.resume();
+      return;
+    }
     const address = peerAddress(request.socket);
+    const requestId = randomUUID();
     const entry = peer(address);
     if (entry.inFlight >= limits.inFlightPerPeer) {
       sendRefusal(response, refusals.tooManyInFlight(limits.inFlightPerPeer, address));
@@ -280,6 +296,9 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     response.once("close", () => {
       if (body.present) bodyReceived();
       if (!response.writableFinished) controller?.abort(new Error("client closed"));
+      // Gone before its response started: the core is told, as it is not by the closed connection
+      // (src/shared/edge-protocol.ts); a request waiting in the fair queue gives its place up at once.
+      if (!responded && controller && !upgradeSocket) abandoned(requestId);
       finish();
     });
 
@@ -341,7 +360,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
           origin: options.core.origin,
           path: request.url!,
           method: request.method!,
-          headers: coreRequestHeaders(request, options, body, mesh),
+          headers: coreRequestHeaders(request, options, body, mesh, requestId),
           body: body.present ? request : null,
           ...(upgradeSocket ? { upgrade: "websocket" } : {}),
         },

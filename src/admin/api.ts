@@ -8,6 +8,7 @@ import { auditRecord, readAudit } from "../audit/audit-log";
 import { durationProblem, MAX_ROTATE_GRACE, MAX_TTL, parseDuration } from "../shared/duration";
 import { boundedNumber, HANDLE_PATTERN, HANDLE_RULE, LIMIT_BOUNDS, SCOPE_PATTERN, type GatewayConfig } from "../shared/config";
 import { answerError, errors, gatewayError } from "../http/errors";
+import { upstreamSchedulerStub } from "../queue/queue-wait";
 import { MESH_USER_PATTERN } from "../shared/mesh-identity";
 import { usageSnapshot, userQuotaStub } from "../quota/durable-object-quota";
 import { AUDIT_END } from "../shared/admin-wire";
@@ -77,6 +78,11 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
   const admin = new Hono<{ Bindings: Env }>();
 
   admin.get("/usage", async (c) => c.json({ users: await collectUsage(c.env, config, now()) }));
+  /** serve's shutdown (issue 12): every request waiting in the fair queue is answered 503 + Retry-After now. */
+  admin.post("/queue/drain", async (c) => {
+    const drained = config.routes.some((route) => route.max_in_flight !== undefined) ? await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).drain() : 0;
+    return c.json({ drained });
+  });
 
   admin.get("/users", async (c) => {
     const at = now();

@@ -14,7 +14,7 @@
  */
 import { createMiddleware } from "hono/factory";
 import type { GatewayConfig } from "../shared/config";
-import { EDGE_CLIENT_HEADER, EDGE_SECRET_HEADER, EDGE_TLS_HEADER } from "../shared/edge-protocol";
+import { EDGE_CLIENT_HEADER, EDGE_REQUEST_HEADER, EDGE_REQUEST_ID, EDGE_SECRET_HEADER, EDGE_TLS_HEADER } from "../shared/edge-protocol";
 import { parseMeshHeaders, type MeshPeer } from "../shared/mesh-identity";
 import { errors } from "./errors";
 import { timingSafeEqual } from "./timing-safe";
@@ -31,6 +31,8 @@ export interface Peer {
    * null when no edge is in front (`wrangler dev`, Cloudflare): the mesh check is then off.
    */
   mesh: MeshPeer | null;
+  /** The edge's id for this request (null without an edge): how the edge names it when its client leaves. */
+  requestId: string | null;
 }
 
 export type PeerVariables = { peer: Peer };
@@ -38,15 +40,16 @@ export type PeerVariables = { peer: Peer };
 /** The request's peer, or null when it must be refused: EDGE_SECRET is bound and the request lacks it. */
 export function peerOf(request: Request, config: GatewayConfig, edgeSecret: string | undefined): Peer | null {
   if (config.client_address_source === "cf-connecting-ip") {
-    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
+    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null, requestId: null };
   }
-  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
+  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null, requestId: null };
   const presented = request.headers.get(EDGE_SECRET_HEADER);
   if (presented === null || !timingSafeEqual(presented, edgeSecret)) return null;
   return {
     address: request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT,
     tlsFingerprint: request.headers.get(EDGE_TLS_HEADER),
     mesh: parseMeshHeaders(request.headers),
+    requestId: EDGE_REQUEST_ID.test(request.headers.get(EDGE_REQUEST_HEADER) ?? "") ? request.headers.get(EDGE_REQUEST_HEADER) : null,
   };
 }
 

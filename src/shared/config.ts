@@ -73,6 +73,14 @@ const routeSchema = z
     scope: z.string().regex(SCOPE_PATTERN).optional(),
     /** LLM endpoints whose `usage` is charged against the daily token quota. */
     metered: z.boolean().default(false),
+    /**
+     * Issue 12: at most this many admitted requests that hold a slot (POST/PUT/PATCH, WebSocket
+     * upgrades) are in flight to the upstream at once, across all users; the rest wait in a fair
+     * queue (src/queue/). Absent: unlimited, no queue (a user over its `streams` cap gets 429 at once).
+     */
+    max_in_flight: z.number().int().min(1).max(1_000).optional(),
+    /** How long a request may wait in this route's queue (default: HALO_CONFIG.queue_timeout). */
+    queue_timeout: duration("queue_timeout", "10m").optional(),
   })
   .superRefine((route, ctx) => {
     const url = new URL(route.upstream);
@@ -86,6 +94,12 @@ const routeSchema = z
     if (open && route.scope !== undefined) {
       ctx.addIssue({ code: "custom", path: ["scope"], message: 'a route with auth = "none" takes no scope' });
     }
+    if (open && route.max_in_flight !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["max_in_flight"], message: 'a queued route needs auth (cannot be "none"): the queue is fair between users' });
+    }
+    if (route.queue_timeout !== undefined && route.max_in_flight === undefined) {
+      ctx.addIssue({ code: "custom", path: ["queue_timeout"], message: "queue_timeout needs max_in_flight (without it the route has no queue)" });
+    }
     if (open && route.metered) {
       ctx.addIssue({ code: "custom", path: ["metered"], message: 'a metered route needs auth (cannot be "none")' });
     }
@@ -94,7 +108,11 @@ const routeSchema = z
       ctx.addIssue({ code: "custom", path: ["path"], message: `${route.path} would shadow the gateway's own ${shadowed}` });
     }
   })
-  .transform((route) => ({ ...route, scope: AUTH_KINDS[route.auth].credentials ? (route.scope ?? route.name) : null }));
+  .transform((route) => ({
+    ...route,
+    scope: AUTH_KINDS[route.auth].credentials ? (route.scope ?? route.name) : null,
+    queue_timeout_ms: route.queue_timeout === undefined ? undefined : (parseDuration(route.queue_timeout) as number),
+  }));
 
 export const DEFAULT_ROUTES: z.input<typeof routeSchema>[] = [
   { name: "v2", path: "/v2", upstream: "http://127.0.0.1:8080", strip_prefix: true, auth: "bearer", metered: true },
@@ -185,6 +203,8 @@ export const configSchema = z
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
     /** In-flight slots are leases renewed while a stream runs; an unreleased one frees after this (a restart frees all). */
     quota_lease: duration("quota_lease", "24h").default("30s"),
+    /** How long a request may wait in a queued route's fair queue (routes with `max_in_flight`) before 429. */
+    queue_timeout: duration("queue_timeout", "10m").default("30s"),
     /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
     quotas: z.boolean().default(true),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
@@ -239,6 +259,7 @@ export const configSchema = z
     default_ttl_ms: parseDuration(config.default_ttl) as number,
     upstream_timeout_ms: parseDuration(config.upstream_timeout) as number,
     quota_lease_ms: parseDuration(config.quota_lease) as number,
+    queue_timeout_ms: parseDuration(config.queue_timeout) as number,
     limits: { ...config.limits, burst: config.limits.burst ?? defaultBurst(config.limits.rps) },
   }));
 

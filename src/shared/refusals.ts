@@ -86,6 +86,15 @@ export const refusals = {
     refusal(403, "permission_error", "edge_required", "Requests must come through the gateway's listener (the address halo-gate serve prints), not its internal socket."),
   ticketsDisabled: () => refusal(503, "server_error", "tickets_disabled", "WebSocket tickets are not enabled on this gateway (no TICKET_SECRET); use a bearer token."),
 
+  // ── the fair queue (issue 12) ──
+  queueTimeout: (route: string, seconds: number) =>
+    refusal(429, "requests", "queue_timeout", `The ${route} service stayed busy: this request waited ${seconds} s in the queue and was not served. Retry shortly.`, {
+      "retry-after": "1",
+      "retry-after-ms": "1000",
+    }),
+  queueUnavailable: () =>
+    refusal(503, "server_error", "queue_unavailable", "halo-gate is restarting and could not keep this request's place in the queue. Retry shortly.", RETRY_SHORTLY),
+
   // ── the gateway's own parts ──
   upstreamUnavailable: () =>
     refusal(502, "upstream_error", "upstream_unavailable", "The compute service behind this route is not reachable right now. Try again shortly."),
