@@ -31,4 +31,45 @@ export default tseslint.config(
       ],
     },
   },
+  // The boundary between worker code and Node code (issue 11): src/shared/ is the only part of the
+  // worker the Node side (the CLI, serve's edge, bench, the e2e tests) may import, and it imports
+  // nothing outside itself: no Node, no Workers runtime, no worker module.
+  {
+    files: ["src/shared/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["../*"], message: "src/shared/ imports only src/shared/ (both the worker and Node run it)" },
+            { group: ["node:*", "cloudflare:*", "hono", "hono/*"], message: "src/shared/ runs in Node and in workerd: no runtime-specific imports" },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["src/**"],
+    ignores: ["src/shared/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            { group: ["node:*"], message: "worker code runs on workerd and Cloudflare: no Node APIs" },
+            { regex: "^(\\.\\./)+(cli|bin|bench|test)/", message: "worker code never imports the Node side" },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["cli/**", "bin/**", "bench/**", "test/e2e/**", "test/support/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        { patterns: [{ regex: "(^|/)src/(?!shared/)", message: "the Node side imports worker code only from src/shared/" }] },
+      ],
+    },
+  },
 );

@@ -35,7 +35,7 @@ import { setMaxListeners } from "node:events";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { cleanupAll, descendants, tempDir } from "./lib/processes.ts";
+import { cleanUpOnSignals, cleanupAll, descendants, tempDir } from "./lib/processes.ts";
 import { runChecks, table, type BurstGroup, type RssReport, type Snapshot, type SoakData, type Windows } from "./soak/checks.ts";
 import { agent, send, type RequestRecord } from "./soak/client.ts";
 import { auditEvents, cliJson, processStart, recordedWorkerd, serveRss, soakConfig, startServe, startUpstream, stillRunning, type ListedUser, type Serve, type Upstream, type UserUsage } from "./soak/gateway.ts";
@@ -129,15 +129,7 @@ function cleanup(): Promise<void> {
   })();
   return cleanedUp;
 }
-let interrupted = false;
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
-  process.on(signal, () => {
-    if (interrupted) return;
-    interrupted = true;
-    console.error(`\nsoak: ${signal}: stopping everything it started…`);
-    void cleanup().finally(() => process.exit(code));
-  });
-}
+const interrupted = cleanUpOnSignals("soak", cleanup);
 const deadline = setTimeout(() => {
   console.error(`soak: FAIL: not done within the ${TIMING.deadlineMs / 1000} s deadline; stopping everything it started…`);
   void cleanup().finally(() => process.exit(1));
@@ -374,10 +366,10 @@ let exitCode = 1;
 try {
   exitCode = await main();
 } catch (error) {
-  if (!interrupted) console.error(`soak: FAIL: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  if (!interrupted()) console.error(`soak: FAIL: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
 }
 clearTimeout(deadline);
-if (!interrupted) {
+if (!interrupted()) {
   await cleanup();
   // What the soak started must be gone: serve, its workerd (also the orphaned one), the upstream.
   await new Promise((resolve) => setTimeout(resolve, 200));

@@ -6,8 +6,8 @@
  * CliError with exit code 2.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { durationProblem } from "../src/config/duration";
-import { HANDLE_PATTERN, HANDLE_RULE, SCOPE_PATTERN, type NumberBounds } from "../src/config/schema";
+import { durationProblem } from "../src/shared/duration";
+import { HANDLE_PATTERN, HANDLE_RULE, SCOPE_PATTERN, type NumberBounds } from "../src/shared/config";
 import { usageError } from "./errors";
 import { resolveStateDir } from "./state";
 

@@ -3,8 +3,8 @@
  * description, default). cli/args.ts derives the parser and the help from this table, and
  * cli/main.ts must give each entry a runner (the compiler refuses a missing one).
  */
-import { MAX_ROTATE_GRACE, MAX_TTL } from "../src/config/duration";
-import { HANDLE_RULE, LIMIT_BOUNDS } from "../src/config/schema";
+import { MAX_ROTATE_GRACE, MAX_TTL } from "../src/shared/duration";
+import { HANDLE_RULE, LIMIT_BOUNDS } from "../src/shared/config";
 import type { ArgSpec, CommandInput, CommandSpec, FlagSpec } from "./args";
 import { DEFAULT_TAILSCALED_SOCKET } from "./doctor/tailscaled";
 

@@ -3,7 +3,7 @@
  * running gateway wrote to serve.json (its routes, public_url, login server and certificate), so it
  * never tells a user to try a route they may not use or a server they should not trust.
  */
-import type { IssuedToken } from "../src/admin/wire";
+import type { IssuedToken } from "../src/shared/admin-wire";
 import { toSecond } from "./output";
 import type { RuntimeInfo, RuntimeRoute } from "./state";
 

@@ -8,23 +8,26 @@ import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import packageJson from "../package.json";
 import { AUTH_AUDIT_FLUSH_MS, recordAuthDecision } from "./audit/auth-audit";
-import { AuthDenied, authDenied, identifyBearer, type DenyReason } from "./auth/authenticate";
-import { recordAuthFailure, throttledResponse } from "./auth/failed-auth-throttle";
-import { issueTicket, takeTicket, verifyTicket, type TicketClaims } from "./auth/ticket";
+import { AuthDenied, authDenied, identifyBearer, probesTokenStore } from "./auth/authenticate";
+import { recordAuthFailure, throttledRefusal } from "./auth/failed-auth-throttle";
+import { issueTicket, verifyTicket, type TicketClaims } from "./auth/ticket";
 import { D1TokenStore, type TokenIdentity } from "./auth/token-store";
-import type { GatewayConfig, RouteConfig, UserLimits } from "./config/schema";
+import type { GatewayConfig, RouteConfig, UserLimits } from "./shared/config";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
-import { meshAuditReason, meshCheck, type MeshVerdict } from "./mesh/identity";
-import { errorResponse, errors } from "./http/errors";
+import { meshAuditReason, meshCheck, type MeshVerdict } from "./shared/mesh-identity";
+import { answerError, errors, Refused } from "./http/errors";
+import { AUTH_KINDS, presentedCredential, type Credential } from "./shared/auth-kinds";
+import { ABANDONED_PATH } from "./shared/edge-protocol";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
-import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, type MeterPlan, type UsageTally } from "./metering/usage";
-import { forward, readBodyText } from "./proxy/forward";
-import { matchRoute } from "./proxy/routes";
+import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, requestsStream, type MeterPlan, type UsageTally } from "./metering/usage";
+import { forward, readBodyText, type ForwardOptions } from "./proxy/forward";
+import { awaitTurn, QUEUE_WAIT_HEADER, queuedEventStream, queueRefusal, queueSnapshot, queueUsage, upstreamLease, upstreamSchedulerStub, type Entered, type QueueOutcome } from "./queue/queue-wait";
+import { matchRoute } from "./shared/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
-import type { Admission, AuthorizeRequest, QuotaService } from "./quota/quota";
-import { holdSlot, watchBody } from "./quota/slot";
+import type { Admission, AuthorizeRequest, QuotaService, QuotaState } from "./quota/quota";
+import { holdSlot, watchBody, type Slot } from "./quota/slot";
 import { relayWebSocket } from "./proxy/websocket-relay";
 import { isStorageFailure } from "./storage/failure";
 import { storageWritable } from "./storage/health";
@@ -52,6 +55,20 @@ interface Authorized {
   note: AuditNote;
 }
 
+/** An admitted request on its way to the upstream (see `respond`). */
+interface Respond {
+  request: Request;
+  forwardOptions: ForwardOptions;
+  slot: Slot;
+  limits: UserLimits;
+  state: QuotaState;
+  metered: boolean;
+  plan: MeterPlan;
+  tally: UsageTally;
+  /** How long it waited for its upstream slot; null on a route without a queue. */
+  waitedMs: number | null;
+}
+
 /** What the mesh check adds to an audit row (issue 10). */
 interface AuditNote {
   reason?: string;
@@ -60,9 +77,6 @@ interface AuditNote {
 
 /** Methods that submit work; they hold a concurrent slot (see handleCompute). */
 const SUBMITS_WORK: ReadonlySet<string> = new Set(["POST", "PUT", "PATCH"]);
-
-/** Failures that probe the token store; a valid token on the wrong route is not one. */
-const PROBING: ReadonlySet<DenyReason> = new Set(["malformed", "unknown", "revoked", "expired"]);
 
 export function createGateway(config: GatewayConfig, options: GatewayOptions = {}): Hono<GatewayEnv> {
   const now = options.now ?? Date.now;
@@ -83,11 +97,23 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   app.get("/_halo/connect.js", (c) => c.body(CONNECT_JS, 200, { ...PAGE_HEADERS, "content-type": "text/javascript; charset=utf-8" }));
   app.get("/_halo/connect.css", (c) => c.body(CONNECT_CSS, 200, { ...PAGE_HEADERS, "content-type": "text/css; charset=utf-8" }));
   app.post("/auth/ticket", handleTicket);
+  // The edge: this request's client went away before its response started (src/shared/edge-protocol.ts).
+  app.post(ABANDONED_PATH, async (c) => {
+    const id = c.var.peer.requestId;
+    if (id && config.routes.some((route) => route.max_in_flight !== undefined)) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
+    return c.body(null, 204);
+  });
   // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
   app.get("/api/me", async (c) => {
-    const { token, quota, note } = await authorizeRequest(c, { name: "api/me", scope: null }, null, false);
+    const { token, quota, note } = await authorizeRequest(c, { name: "api/me", scope: null }, bearerOf(c), false);
     const profile = await quota.profile(token, now(), config.limits, config.timezone);
     if (!profile) throw errors.invalidToken();
+    // The fair queue (issue 12): what this user waits for now, and has waited, since serve started.
+    const queues = await queueSnapshot(c.env, config);
+    if (queues) {
+      profile.in_flight += queues.users[token.handle]?.inFlight ?? 0;
+      profile.queue = queueUsage(queues, token.handle);
+    }
     // A mesh would-deny (warn) is recorded here too; other /api/me calls leave no row, as before.
     if (note.reason) recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", handle: token.handle, tokenId: token.tokenId, route: "api/me", status: 200, client: c.var.peer.address, ...note }, auditFlushMs);
     return c.json(profile, 200, NO_STORE);
@@ -96,26 +122,27 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
 
   /**
    * Steps 1–3 of every authenticated request, audited: an address that keeps failing is refused
-   * before the token store is touched; then which token (bearer, or a single-use ticket); then one
+   * before the token store is touched; then which token the credential names (a bearer, or a
+   * single-use ticket: src/shared/auth-kinds.ts); then one
    * call to the user's object confirms the token is current and scoped and, with `admit`, admits
    * the request. If the object cannot answer, fail closed.
    */
   async function authorizeRequest(
     c: Context<GatewayEnv>,
     route: { name: string; scope: string | null },
-    ticket: string | null,
+    credential: Exclude<Credential, { kind: "none" }>,
     admit: AuthorizeRequest["admit"],
   ): Promise<Authorized> {
     const client = c.var.peer.address;
-    const throttled = client === UNKNOWN_CLIENT ? null : throttledResponse(client, now());
-    if (throttled) throw new HTTPException(429, { res: throttled });
+    const throttled = client === UNKNOWN_CLIENT ? null : throttledRefusal(client, now());
+    if (throttled) throw throttled;
     const store = new D1TokenStore(c.env.DB);
     const quota = quotaFor(c.env);
     let token: TokenIdentity | null = null;
     try {
       let claims: TicketClaims | null = null;
-      if (ticket === null) token = await identifyBearer(c.req.header("authorization") ?? null, store);
-      else token = claims = await verifyTicket(ticket, route.scope ?? "", c.env.TICKET_SECRET, now());
+      if (credential.kind === "bearer") token = await identifyBearer(credential.authorization, store);
+      else token = claims = await verifyTicket(credential.ticket, route.scope ?? "", c.env.TICKET_SECRET, now());
       // Whose device this is, when the edge looked (issue 10): compared by the object, after the token.
       const mesh = meshCheck(config, c.var.peer.mesh);
       const request: AuthorizeRequest = {
@@ -142,17 +169,17 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       recordAuthDecision(
         c.env.DB,
         c.executionCtx,
-        { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: route.name, status: error.response.status, client, ...(error.detail ? { detail: error.detail } : {}) },
+        { at: now(), action: "deny", reason: error.reason, handle: error.token?.handle, tokenId: error.token?.tokenId, route: route.name, status: error.status, client, ...(error.detail ? { detail: error.detail } : {}) },
         auditFlushMs,
       );
-      if (PROBING.has(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()).catch(logStorageFailure("failed-auth throttle")));
+      if (probesTokenStore(error.reason) && client !== UNKNOWN_CLIENT) c.executionCtx.waitUntil(recordAuthFailure(c.env.AUTH_THROTTLE, client, now()).catch(logStorageFailure("failed-auth throttle")));
       throw error;
     }
   }
 
   /** `POST /auth/ticket` {"scope"?: "audio"} (bearer) → a ticket for that scope's WebSocket route. */
   async function handleTicket(c: Context<GatewayEnv>): Promise<Response> {
-    const ticketScopes = config.routes.flatMap((route) => (route.auth === "bearer_or_ticket" && route.scope ? [route.scope] : []));
+    const ticketScopes = config.routes.flatMap((route) => (AUTH_KINDS[route.auth].tickets && route.scope ? [route.scope] : []));
     const body = ticketRequest.safeParse(await c.req.json().catch(() => ({})));
     const scope = body.success ? (body.data.scope ?? ticketScopes[0]) : undefined;
     if (!scope || !ticketScopes.includes(scope)) {
@@ -160,7 +187,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     }
     if (!c.env.TICKET_SECRET) throw errors.ticketsDisabled();
     const client = c.var.peer.address;
-    const { token, note } = await authorizeRequest(c, { name: "auth/ticket", scope }, null, false);
+    const { token, note } = await authorizeRequest(c, { name: "auth/ticket", scope }, bearerOf(c), false);
     recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "ticket", handle: token.handle, tokenId: token.tokenId, route: "auth/ticket", status: 201, client, ...note }, auditFlushMs);
     return c.json(await issueTicket(c.env.TICKET_SECRET, token, scope, now()), 201, { "cache-control": "no-store" });
   }
@@ -170,9 +197,8 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const route = matchRoute(config.routes, c.var.canonicalPath, c.req.header("host") ?? null);
     if (!route) throw errors.notFound();
     const client = c.var.peer.address;
-    // Browsers cannot set Authorization on a WebSocket: those routes also take `?ticket=`, never forwarded.
-    const takesTicket = route.auth === "bearer_or_ticket" && c.req.header("authorization") === undefined;
-    const { ticket, rest: rawQuery } = takesTicket ? takeTicket(c.var.rawQuery) : { ticket: null, rest: c.var.rawQuery };
+    // What the route's auth kind takes: nothing, a bearer, or a `?ticket=` (never forwarded).
+    const { credential, rawQuery } = presentedCredential(route.auth, c.req.header("authorization") ?? null, c.var.rawQuery);
     const forwardOptions = {
       route,
       canonicalPath: c.var.canonicalPath,
@@ -181,7 +207,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       upstreamTimeoutMs: config.upstream_timeout_ms,
       bodyLimitBytes: config.body_limit_bytes,
     };
-    if (route.scope === null) return forward(request, { ...forwardOptions, identity: null });
+    if (credential.kind === "none") return forward(request, { ...forwardOptions, identity: null });
 
     // 1–3. Throttle → bearer (or ticket) → one call to the user's object: token, scope, quota.
     const audit = { route: route.name, client };
@@ -191,18 +217,21 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     // reads (GET /v1/models, HEAD, OPTIONS) are governed by the rate bucket alone (issue 9).
     const webSocket = c.req.header("upgrade")?.toLowerCase() === "websocket";
     const holdsSlot = webSocket || SUBMITS_WORK.has(request.method);
-    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot, enforce: config.quotas };
-    const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, ticket, admit);
+    // On a route with `max_in_flight`, work waits its turn in the fair queue instead (issue 12): the
+    // scheduler then counts the user's cap on the queued routes, so the user's object does not refuse it.
+    const queued = route.max_in_flight !== undefined && holdsSlot;
+    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot: holdsSlot && !queued, enforce: config.quotas };
+    const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, credential, admit);
     const { token, quota, note } = authorized;
     // Asked to admit, the object always answers with an admission and the user's limits.
     const [admission, limits] = [authorized.admission!, authorized.limits!];
     const identity = { handle: token.handle, tokenId: token.tokenId };
     if (!admission.admitted) {
       recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit, ...(note.detail ? { detail: note.detail } : {}) }, auditFlushMs);
-      return quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
+      throw quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
     }
 
-    // 4. Forward; the slot is released and the tokens charged when the response ends, however it ends.
+    // 4. The slot is released and the tokens charged when the response ends, however it ends.
     const tally: UsageTally = { reported: null, deltas: 0 };
     const slot = holdSlot({
       quota,
@@ -216,20 +245,95 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit, ...note }, auditFlushMs),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
-    let upstream: Response;
+    // A generation request's body is read for metering, and a queued route's to know whether it streams.
+    let bodyOverride: string | undefined;
     let plan: MeterPlan = { dropInjectedUsage: false };
+    let streams = false;
+    const readsBody = metered || (queued && (c.req.header("content-type") ?? "").startsWith("application/json"));
+    if (readsBody) {
+      try {
+        bodyOverride = await readBodyText(request, config.body_limit_bytes);
+      } catch (error) {
+        void slot.end(error instanceof HTTPException ? error.status : 400);
+        throw error;
+      }
+      streams = requestsStream(bodyOverride);
+      if (metered) ({ body: bodyOverride, plan } = planMeteredRequest(bodyOverride));
+    }
+
+    // 5. Forward; on a queued route, when its turn comes (issue 12).
+    const run = (waitedMs: number | null) =>
+      respond(c, { request, forwardOptions: { ...forwardOptions, identity, bodyOverride }, slot, limits, state: admission.state, metered, plan, tally, waitedMs });
+    if (!queued) return run(null);
+    const scheduler = upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER);
+    // The edge's id for the request, so that it can take it out of the queue if its client leaves.
+    const id = c.var.peer.requestId ?? crypto.randomUUID();
+    const slotRequest = {
+      id,
+      route: route.name,
+      maxInFlight: route.max_in_flight!,
+      user: token.handle,
+      cap: config.quotas ? limits.streams : Infinity,
+      leaseMs: config.quota_lease_ms,
+      timeoutMs: route.queue_timeout_ms ?? config.queue_timeout_ms,
+    };
+    let entered: Entered;
     try {
-      let bodyOverride: string | undefined;
-      if (metered) ({ body: bodyOverride, plan } = planMeteredRequest(await readBodyText(request, config.body_limit_bytes)));
+      entered = await scheduler.enter(slotRequest);
+    } catch (error) {
+      void slot.end(503);
+      console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
+      throw errors.queueUnavailable();
+    }
+    if (entered.kind === "granted") {
+      slot.attach(upstreamLease(scheduler, entered.leaseId));
+      return run(0);
+    }
+    const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
+    if (streams) {
+      // A stream that waits is answered at once, and told where it stands (src/queue/queue-wait.ts).
+      const body = queuedEventStream({
+        scheduler,
+        id,
+        route: route.name,
+        position: entered.position,
+        signal: request.signal,
+        waitUntil: (promise) => c.executionCtx.waitUntil(promise),
+        refused,
+        run: (granted) => {
+          slot.attach(upstreamLease(scheduler, granted.leaseId));
+          return run(granted.waitedMs);
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", [QUEUE_WAIT_HEADER]: "queued" } });
+    }
+    const outcome = await awaitTurn(scheduler, id, request.signal);
+    if (outcome.kind !== "granted") {
+      refused(outcome);
+      throw new Refused(queueRefusal(outcome, route.name), { [QUEUE_WAIT_HEADER]: String(outcome.waitedMs) });
+    }
+    slot.attach(upstreamLease(scheduler, outcome.leaseId));
+    return run(outcome.waitedMs);
+  }
+
+  /**
+   * Forwards an admitted request and hands its response back with the user's quota state (and how
+   * long it waited in the queue, on a queued route); the slot ends when the response has ended.
+   */
+  async function respond(c: Context<GatewayEnv>, r: Respond): Promise<Response> {
+    const { slot } = r;
+    let upstream: Response;
+    try {
       const started = Date.now();
-      upstream = await forward(request, { ...forwardOptions, identity, bodyOverride });
+      upstream = await forward(r.request, r.forwardOptions);
       slot.upstreamLatencyMs = Date.now() - started;
     } catch (error) {
       void slot.end(error instanceof HTTPException ? error.status : 502);
       throw error;
     }
     const headers = new Headers(upstream.headers);
-    for (const [name, value] of Object.entries(quotaHeaders(limits, admission.state))) headers.set(name, value);
+    for (const [name, value] of Object.entries(quotaHeaders(r.limits, r.state))) headers.set(name, value);
+    if (r.waitedMs !== null) headers.set(QUEUE_WAIT_HEADER, String(r.waitedMs));
     // A WebSocket holds its slot for its life, and is closed if the token is revoked (issue 9).
     if (upstream.status === 101 && upstream.webSocket) {
       const relay = relayWebSocket(upstream.webSocket, slot.revoked);
@@ -238,30 +342,19 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     }
     // The slot ends at the headers when the work is done by then: no body, or a fixed-length body
     // that is not metered (issue 8: the body is then handed through untouched, no stream between).
-    if (!upstream.body || (!metered && upstream.headers.has("content-length"))) {
+    if (!upstream.body || (!r.metered && upstream.headers.has("content-length"))) {
       void slot.end(upstream.status);
       return new Response(upstream.body, { status: upstream.status, statusText: upstream.statusText, headers, webSocket: upstream.webSocket ?? null });
     }
     // Only generation endpoints are read for usage; every other stream passes a native pipe that
     // ends the slot when the body ends, however it ends.
-    const delivered = metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", plan, tally)) : upstream.body;
+    const delivered = r.metered ? upstream.body.pipeThrough(meteringStream(upstream.headers.get("content-type") ?? "", r.plan, r.tally)) : upstream.body;
     const sse = (upstream.headers.get("content-type") ?? "").startsWith("text/event-stream");
-    const body = watchBody(delivered, slot, upstream.status, { signal: request.signal, waitUntil: (promise) => c.executionCtx.waitUntil(promise), sse });
+    const body = watchBody(delivered, slot, upstream.status, { signal: r.request.signal, waitUntil: (promise) => c.executionCtx.waitUntil(promise), sse });
     return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
 
-  app.onError((error) => {
-    if (error instanceof AuthDenied) return error.response;
-    if (error instanceof HTTPException) return error.getResponse();
-    // D1 or Durable Object storage cannot be used (e.g. a full disk): retryable, and the operator's to fix.
-    if (isStorageFailure(error)) {
-      console.error("halo-gate: storage unavailable:", error.message);
-      return errors.storageUnavailable().getResponse();
-    }
-    // Never a stack trace or internal detail to the client; the operator sees it in the log.
-    console.error("halo-gate: unexpected error:", error instanceof Error ? error.message : String(error));
-    return errorResponse(500, { message: "Internal gateway error.", type: "server_error", code: "internal_error" });
-  });
+  app.onError(answerError("halo-gate"));
   return app;
 }
 
@@ -278,7 +371,7 @@ function auditNote(verdict: MeshVerdict | undefined): AuditNote {
 /** Issue 10's refusal, in the user's words: 403 `mesh_mismatch`, or 503 when tailscaled could not say. */
 function meshDenied(verdict: MeshVerdict & { kind: "refuse" }, token: TokenIdentity): AuthDenied {
   const detail = { mesh: verdict.finding, ...(verdict.device ? { device: verdict.device } : {}) };
-  if (verdict.finding === "unavailable") return new AuthDenied("mesh_unavailable", errors.meshUnavailable().getResponse(), token, detail);
+  if (verdict.finding === "unavailable") return new AuthDenied("mesh_unavailable", errors.meshUnavailable(), token, detail);
   const on = verdict.device ? ` (${verdict.device})` : "";
   const message = {
     other_user: `This token belongs to another mesh user than the device this request came from${on}. Use your token only from your own devices on the mesh.`,
@@ -286,8 +379,11 @@ function meshDenied(verdict: MeshVerdict & { kind: "refuse" }, token: TokenIdent
     tagged: `This request came from a tagged mesh device${on}, which belongs to no user, and a halo-gate token works only from its owner's devices. Use your own device.`,
     unbound: `This token is not bound to a mesh user yet, so halo-gate cannot tell your devices from others'. Ask the operator to bind it: halo-gate update ${token.handle} --mesh-user <your mesh user>.`,
   }[verdict.finding];
-  return new AuthDenied("mesh_mismatch", errors.meshMismatch(message).getResponse(), token, detail);
+  return new AuthDenied("mesh_mismatch", errors.meshMismatch(message), token, detail);
 }
+
+/** The bearer credential of a gateway path that takes only bearers (`/api/me`, `/auth/ticket`). */
+const bearerOf = (c: Context<GatewayEnv>) => ({ kind: "bearer", authorization: c.req.header("authorization") ?? null }) as const;
 
 /** A write made off the request path failed: logged, and never the request's failure. */
 const logStorageFailure = (what: string) => (error: unknown) => {

@@ -4,13 +4,14 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
 import type { Hono } from "hono";
 import { createAdminApi } from "./admin/api";
-import { parseConfig, ConfigError, type GatewayConfig } from "./config/schema";
+import { parseConfig, ConfigError, type GatewayConfig } from "./shared/config";
 import { errors } from "./http/errors";
 import { createGateway, type GatewayEnv } from "./gateway";
 import { sweepExpiredTokens } from "./auth/sweep";
 
 export { UserQuota } from "./quota/user-quota";
 export { AuthThrottle } from "./auth/failed-auth-throttle";
+export { UpstreamScheduler } from "./queue/upstream-scheduler";
 
 /** One parsed config per isolate (the env object is stable for an isolate's lifetime). */
 const configs = new WeakMap<object, GatewayConfig>();

@@ -190,3 +190,17 @@ export function treeRss(pid: number): ProcessRss[] {
   const self = readStat(pid);
   return self ? [rss(self), ...descendants(pid).map(rss)] : [];
 }
+
+/** Ctrl-C or a service stop: run `cleanup` once, then exit 130 (SIGINT) or 143 (SIGTERM). Returns "was it?". */
+export function cleanUpOnSignals(name: string, cleanup: () => Promise<unknown>): () => boolean {
+  let interrupted = false;
+  for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    process.on(signal, () => {
+      if (interrupted) return;
+      interrupted = true;
+      console.error(`\n${name}: ${signal}: stopping everything it started…`);
+      void cleanup().finally(() => process.exit(code));
+    });
+  }
+  return () => interrupted;
+}

@@ -11,8 +11,8 @@ import { headscaleAvailable, headscaleUserId, mintPreAuthKeyFor, revokeMeshAcces
 import { accessMessage, seatsFullMessage } from "../invite-message";
 import { print, printError, printJson, printJsonText, printTable, toSecond, type Column, type Style } from "../output";
 import type { RuntimeInfo } from "../state";
-import { MESH_USER_PATTERN } from "../../src/mesh/identity";
-import { AUDIT_END, type ImportReport, type IssuedToken, type ListedUser, type TokenStatus, type UserUsage, type UserView } from "../../src/admin/wire";
+import { MESH_USER_PATTERN } from "../../src/shared/mesh-identity";
+import { AUDIT_END, type ImportReport, type IssuedToken, type ListedUser, type TokenStatus, type UserUsage, type UserView } from "../../src/shared/admin-wire";
 
 const withoutUndefined = <T extends object>(object: T) => Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined));
 const userPath = (handle: string, action = "") => `/admin/users/${encodeURIComponent(handle)}${action}`;
@@ -239,6 +239,9 @@ const USAGE_COLUMNS: Column<UserUsage>[] = [
     drop: 2,
   },
   { header: "DAY", cell: (user) => user.day, wide: true },
+  // The fair queue (issue 12): waiting now, and the mean wait of those that waited.
+  { header: "QUEUED", cell: (user) => count(user.queue?.queued), align: "right", wide: true },
+  { header: "WAIT AVG/MAX", cell: (user) => (user.queue?.waited ? `${Math.round(user.queue.wait_ms_total / user.queue.waited)}/${user.queue.wait_ms_max} ms` : "—"), align: "right", wide: true },
 ];
 
 export async function usage({ flags, stateDir }: Input<"usage">): Promise<number> {

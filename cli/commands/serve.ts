@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { GatewayConfig } from "../../src/config/schema";
+import type { GatewayConfig } from "../../src/shared/config";
 import { CliError } from "../errors";
 import { applyMigrations } from "../serve/migrations";
 import { checkBindAllowed, formatHostPort, parseBindAddress, tailscaleAddress } from "../serve/bind";
@@ -207,6 +207,14 @@ export async function serve(options: ServeOptions): Promise<number> {
         process.exit(1);
       }, options.graceMs + 15_000).unref();
       for (const cron of crons) cron.stop();
+      // Issue 12: requests waiting in the fair queue are answered now (503, Retry-After), not cut
+      // when the grace ends; running ones finish within it.
+      if (worker.config.routes.some((route) => route.max_in_flight !== undefined)) {
+        const answer = await fetch(`${adminAddress}/admin/queue/drain`, { method: "POST", headers: { authorization: `Bearer ${operatorToken}` }, signal: AbortSignal.timeout(5_000) })
+          .then((response) => response.json() as Promise<{ drained?: number }>)
+          .catch(() => ({ drained: undefined }));
+        if (answer.drained) console.log(`halo-gate: answered ${answer.drained} queued request(s) 503 (retry shortly)`);
+      }
       await edge.close(options.graceMs);
       mesh?.close();
       await core.miniflare.dispose();

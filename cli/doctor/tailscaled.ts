@@ -5,7 +5,7 @@
  * (with netfilter on, tailscaled drops 100.64/10 traffic that arrives on other interfaces).
  */
 import { request } from "node:http";
-import { DEFAULT_TAILSCALED_SOCKET } from "../../src/config/schema";
+import { DEFAULT_TAILSCALED_SOCKET } from "../../src/shared/config";
 import { check, reason, type Check, type Status } from "./check";
 
 export { DEFAULT_TAILSCALED_SOCKET };

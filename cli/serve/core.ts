@@ -29,7 +29,7 @@ export async function startCore(options: CoreOptions): Promise<Core> {
     log: new Log(LogLevel.WARN),
     logRequests: false,
     cf: false,
-    // The worker strips every client `cf-*` header itself (src/proxy/headers.ts); miniflare's extra
+    // The worker strips every client `cf-*` header itself (src/shared/header-allowlist.ts); miniflare's extra
     // outbound hop that does the same cost ~40 µs a request (issue 8).
     stripCfConnectingIp: false,
     telemetry: { enabled: false },

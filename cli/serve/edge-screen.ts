@@ -12,27 +12,17 @@
  */
 import type { IncomingMessage } from "node:http";
 import { isIP } from "node:net";
-import type { GatewayConfig, RouteConfig } from "../../src/config/schema";
-import { ALLOW_HEADER, ALLOWED_METHODS } from "../../src/http/methods";
-import { normalizePath, splitRequestTarget } from "../../src/http/path";
-import { matchRoute } from "../../src/proxy/routes";
+import type { GatewayConfig, RouteConfig } from "../../src/shared/config";
+import { ALLOWED_METHODS } from "../../src/shared/methods";
+import { normalizePath, splitRequestTarget } from "../../src/shared/path";
+import { refusals, type Refusal } from "../../src/shared/refusals";
+import { matchRoute } from "../../src/shared/routes";
 
 /** More request headers than any real client sends (curl ~5, browsers ~20, the OpenAI SDKs ~15). */
 export const MAX_REQUEST_HEADERS = 100;
 
-export interface Refusal {
-  status: number;
-  code: string;
-  message: string;
-  headers?: Record<string, string>;
-  /** A body other than the error shape (e.g. `/healthz`'s own). */
-  body?: unknown;
-}
-
-export const refusalBody = (refusal: Pick<Refusal, "status" | "code" | "message">) =>
-  JSON.stringify({ error: { message: refusal.message, type: refusal.status >= 500 ? "server_error" : "invalid_request_error", code: refusal.code } });
-
-const refuse = (status: number, code: string, message: string, headers?: Record<string, string>): Refusal => ({ status, code, message, ...(headers ? { headers } : {}) });
+/** A refusal from the shared catalogue (src/shared/refusals.ts), or a body of its own (`/healthz`'s). */
+export type EdgeRefusal = Refusal & { body?: unknown };
 
 /** A Host header is a hostname, an IPv4 address or a bracketed IPv6 address, with an optional port. */
 const HOST_SYNTAX = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/;
@@ -67,32 +57,32 @@ export interface ScreenPolicy {
 }
 
 /** Why a request must not reach the core, or undefined when it may. */
-export function screenRequest(request: IncomingMessage, policy: ScreenPolicy): Refusal | undefined {
+export function screenRequest(request: IncomingMessage, policy: ScreenPolicy): EdgeRefusal | undefined {
   const method = request.method ?? "";
   if (!ALLOWED_METHODS.has(method)) {
-    return refuse(405, "method_not_allowed", `Method ${method.replace(/[^A-Z0-9_-]/gi, "?").slice(0, 20)} is not supported by halo-gate.`, { allow: ALLOW_HEADER });
+    return refusals.methodNotAllowed(method);
   }
   if (request.rawHeaders.length / 2 > MAX_REQUEST_HEADERS) {
-    return refuse(431, "too_many_headers", `The request has more than ${MAX_REQUEST_HEADERS} header lines.`);
+    return refusals.tooManyHeaders(MAX_REQUEST_HEADERS);
   }
   const target = request.url ?? "";
-  if (!target.startsWith("/")) return refuse(400, "invalid_path", "Rejected request target: it must be an origin-form path.");
-  if (target.includes("#")) return refuse(400, "invalid_path", "Rejected request target: a fragment (#) is never sent to a server.");
+  if (!target.startsWith("/")) return refusals.invalidPath("Rejected request target: it must be an origin-form path.");
+  if (target.includes("#")) return refusals.invalidPath("Rejected request target: a fragment (#) is never sent to a server.");
   const normalized = normalizePath(splitRequestTarget(`http://edge${target}`).rawPath);
-  if (!normalized.ok) return refuse(400, "invalid_path", `Rejected path: ${normalized.reason}.`);
+  if (!normalized.ok) return refusals.invalidPath(`Rejected path: ${normalized.reason}.`);
 
   const hosts = request.headersDistinct.host ?? [];
-  if (hosts.length !== 1 || !HOST_SYNTAX.test(hosts[0]!)) return refuse(400, "invalid_host", "The Host header must be one host name or address, with an optional port.");
+  if (hosts.length !== 1 || !HOST_SYNTAX.test(hosts[0]!)) return refusals.invalidHost();
   if (!policy.hosts.has(hostName(hosts[0]!))) {
-    return refuse(421, "misdirected_request", "This gateway does not serve that host name; use the address in your invite.");
+    return refusals.misdirected();
   }
 
   const body = declaredBody(request);
   if (body.present && (method === "GET" || method === "HEAD")) {
-    return refuse(400, "body_not_allowed", `A ${method} request cannot carry a body.`);
+    return refusals.bodyNotAllowed(method);
   }
   if (body.length !== null && body.length > policy.bodyLimitBytes) {
-    return refuse(413, "request_too_large", `The request body exceeds the gateway's limit of ${policy.bodyLimitBytes} bytes.`);
+    return refusals.payloadTooLarge(policy.bodyLimitBytes);
   }
   return undefined;
 }

@@ -20,10 +20,14 @@ import { statfsSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import type { Socket } from "node:net";
 import { Pool, type Dispatcher } from "undici";
-import type { GatewayConfig } from "../../src/config/schema";
-import { meshHeaders, type MeshPeer } from "../../src/mesh/identity";
-import { canonicalName, HOP_BY_HOP } from "../../src/proxy/headers";
-import { declaredBody, isWebSocketUpgrade, refusalBody, routeOf, screenRequest, type Refusal } from "./edge-screen";
+import type { GatewayConfig } from "../../src/shared/config";
+import { meshHeaders, type MeshPeer } from "../../src/shared/mesh-identity";
+import { AUTH_KINDS } from "../../src/shared/auth-kinds";
+import { randomUUID } from "node:crypto";
+import { ABANDONED_PATH, EDGE_CLIENT_HEADER, EDGE_REQUEST_HEADER, EDGE_SECRET_HEADER, EDGE_TLS_HEADER, isInternalHeader } from "../../src/shared/edge-protocol";
+import { canonicalName, HOP_BY_HOP } from "../../src/shared/header-allowlist";
+import { refusalJson, refusals } from "../../src/shared/refusals";
+import { declaredBody, isWebSocketUpgrade, routeOf, screenRequest, type EdgeRefusal } from "./edge-screen";
 import { carriesCredentials, type MeshResolver } from "./mesh-identity";
 
 /** Bounds on what one client can hold (issue 7: 520 slow uploads from one peer stopped the gateway). */
@@ -97,8 +101,6 @@ export interface Edge {
   close(graceMs: number): Promise<void>;
 }
 
-/** Headers that steer the core's trust; a client may never send them. */
-const isInternal = (name: string) => name.startsWith("x-halo-") || name.startsWith("mf-") || name.startsWith("cf-");
 /** Framing and hop headers the edge sets itself; `Connection` can name others, never these. */
 const FRAMING = new Set(["content-length", "transfer-encoding", "host", "expect"]);
 
@@ -108,17 +110,17 @@ function peerAddress(socket: Socket): string {
 }
 
 /** Client headers minus hop-by-hop, framing, those named in Connection and internal ones; plus the edge's own. */
-function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }, mesh: MeshPeer | null): string[] {
+function coreRequestHeaders(request: IncomingMessage, options: EdgeOptions, body: { length: number | null }, mesh: MeshPeer | null, requestId: string): string[] {
   const named = new Set((request.headers.connection ?? "").split(",").map((token) => canonicalName(token.trim())));
   const headers: string[] = ["host", request.headers.host!];
   for (let index = 0; index < request.rawHeaders.length; index += 2) {
     const name = canonicalName(request.rawHeaders[index]!);
-    if (FRAMING.has(name) || HOP_BY_HOP.has(name) || named.has(name) || isInternal(name)) continue;
+    if (FRAMING.has(name) || HOP_BY_HOP.has(name) || named.has(name) || isInternalHeader(name)) continue;
     headers.push(request.rawHeaders[index]!, request.rawHeaders[index + 1]!);
   }
   if (body.length !== null && body.length > 0) headers.push("content-length", String(body.length));
-  headers.push("x-halo-edge-secret", options.secret, "x-halo-client-addr", peerAddress(request.socket));
-  if (options.tls) headers.push("x-halo-tls-fingerprint", options.tls.fingerprint);
+  headers.push(EDGE_SECRET_HEADER, options.secret, EDGE_CLIENT_HEADER, peerAddress(request.socket), EDGE_REQUEST_HEADER, requestId);
+  if (options.tls) headers.push(EDGE_TLS_HEADER, options.tls.fingerprint);
   if (mesh) for (const [name, value] of meshHeaders(mesh)) headers.push(name, value);
   return headers;
 }
@@ -131,18 +133,16 @@ function clientHeaders(headers: Record<string, string | string[] | undefined>): 
   return out;
 }
 
-function sendRefusal(response: ServerResponse, refusal: Refusal, close = false) {
+function sendRefusal(response: ServerResponse, refusal: EdgeRefusal, close = false) {
   if (response.headersSent) {
     response.destroy();
     return;
   }
   if (close) response.shouldKeepAlive = false;
-  const body = refusal.body ? JSON.stringify(refusal.body) : refusalBody(refusal);
+  const body = refusal.body ? JSON.stringify(refusal.body) : refusalJson(refusal);
   response.writeHead(refusal.status, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body), "cache-control": "no-store", ...refusal.headers });
   response.end(body);
 }
-
-const coreUnavailable: Refusal = { status: 502, code: "gateway_unavailable", message: "The gateway core is not reachable; try again shortly." };
 
 /** Errors of a pooled connection the core closed before answering: safe to replay a bodiless request once. */
 const STALE_CONNECTION = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE", "UND_ERR_CLOSED"]);
@@ -211,7 +211,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     } catch (error) {
       // Never let one bad request take the listener down.
       console.error(`halo-gate edge: ${(error as Error).message}`);
-      sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
+      sendRefusal(response, refusals.badRequest("The request could not be forwarded."), true);
     }
   });
   // `Expect: 100-continue`: screened first, so a refused upload is never invited; then handled as usual.
@@ -226,13 +226,22 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
   });
 
   /** On a full disk: what writes (authenticated routes, tickets) is refused, and health says so. */
-  function storageRefusal(request: IncomingMessage): Refusal | undefined {
+  function storageRefusal(request: IncomingMessage): EdgeRefusal | undefined {
     const path = request.url!.split("?")[0]!;
-    const retry = { "retry-after": "5" };
-    if (path === "/healthz") return { status: 503, code: "storage_unavailable", message: "unhealthy: the state dir's disk is full", headers: retry, body: { status: "unhealthy", reason: "storage" } };
-    const writes = path === "/auth/ticket" || (routeOf(request, options.config.routes)?.auth ?? "none") !== "none";
+    // /healthz answers in its own shape, as the core's does.
+    if (path === "/healthz") return { ...refusals.storageUnavailable(), body: { status: "unhealthy", reason: "storage" } };
+    const route = routeOf(request, options.config.routes);
+    const writes = path === "/auth/ticket" || (route !== undefined && AUTH_KINDS[route.auth].credentials);
     if (!writes) return undefined;
-    return { status: 503, code: "storage_unavailable", message: "The gateway cannot write its records right now (its disk is full); try again shortly.", headers: retry };
+    return refusals.storageUnavailable();
+  }
+
+  /** Tells the core that a request's client left before its response started (fire and forget). */
+  function abandoned(requestId: string) {
+    pool
+      .request({ path: ABANDONED_PATH, method: "POST", headers: { host: "halo-gate.internal", [EDGE_SECRET_HEADER]: options.secret, [EDGE_REQUEST_HEADER]: requestId } })
+      .then((answer) => answer.body.dump())
+      .catch(() => {});
   }
 
   /** One client request → one freshly framed core request. `upgradeSocket` is set for WebSocket handshakes. */
@@ -244,10 +253,17 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       request.resume();
       return;
     }
+    // The edge's own message to the core; a client has no business there.
+    if (request.url!.split("?")[0] === ABANDONED_PATH) {
+      sendRefusal(response, refusals.notFound());
+      request.resume();
+      return;
+    }
     const address = peerAddress(request.socket);
+    const requestId = randomUUID();
     const entry = peer(address);
     if (entry.inFlight >= limits.inFlightPerPeer) {
-      sendRefusal(response, { status: 429, code: "too_many_requests", message: `More than ${limits.inFlightPerPeer} requests in flight from ${address}.`, headers: { "retry-after": "1" } });
+      sendRefusal(response, refusals.tooManyInFlight(limits.inFlightPerPeer, address));
       request.resume();
       return;
     }
@@ -265,7 +281,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     const body = declaredBody(request);
     // A body that stalls: the connection is cut (no listener on the body itself: undici reads it).
     const socket = request.socket;
-    const stalled = () => sendRefusal(response, { status: 408, code: "request_timeout", message: "The request body stalled." }, true);
+    const stalled = () => sendRefusal(response, refusals.requestTimeout("The request body stalled."), true);
     const bodyReceived = () => {
       socket.setTimeout(0);
       socket.off("timeout", stalled);
@@ -280,6 +296,9 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     response.once("close", () => {
       if (body.present) bodyReceived();
       if (!response.writableFinished) controller?.abort(new Error("client closed"));
+      // Gone before its response started: the core is told, as it is not by the closed connection
+      // (src/shared/edge-protocol.ts); a request waiting in the fair queue gives its place up at once.
+      if (!responded && controller && !upgradeSocket) abandoned(requestId);
       finish();
     });
 
@@ -332,7 +351,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
             dispatch(1); // the pooled connection was closed under us before any answer: replay once
             return;
           }
-          if (!responded) sendRefusal(response, coreUnavailable);
+          if (!responded) sendRefusal(response, refusals.coreUnavailable());
           else response.destroy();
         },
       };
@@ -341,7 +360,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
           origin: options.core.origin,
           path: request.url!,
           method: request.method!,
-          headers: coreRequestHeaders(request, options, body, mesh),
+          headers: coreRequestHeaders(request, options, body, mesh, requestId),
           body: body.present ? request : null,
           ...(upgradeSocket ? { upgrade: "websocket" } : {}),
         },
@@ -362,7 +381,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
         } catch (error) {
           // As in the "request" handler: never let one bad request take the listener down.
           console.error(`halo-gate edge: ${(error as Error).message}`);
-          sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
+          sendRefusal(response, refusals.badRequest("The request could not be forwarded."), true);
         }
       });
     } else {
@@ -385,13 +404,13 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     socket.on("error", () => socket.destroy());
     try {
       if (declaredBody(request).present || (head.length > 0 && !isWebSocketUpgrade(request, options.config.routes))) {
-        sendRefusal(response, { status: 400, code: "bad_request", message: "An upgrade request cannot carry a body." }, true);
+        sendRefusal(response, refusals.badRequest("An upgrade request cannot carry a body."), true);
         return;
       }
       handle(request, response, isWebSocketUpgrade(request, options.config.routes) ? { socket, head } : null);
     } catch (error) {
       console.error(`halo-gate edge: ${(error as Error).message}`);
-      sendRefusal(response, { status: 400, code: "bad_request", message: "The request could not be forwarded." }, true);
+      sendRefusal(response, refusals.badRequest("The request could not be forwarded."), true);
     }
   });
   server.on("connect", (request: IncomingMessage, socket: Duplex) => {
@@ -407,13 +426,14 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       socket.destroy();
       return;
     }
-    const [status, reason, code] =
+    const [refusal, reason] =
       error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-        ? [408, "Request Timeout", "request_timeout"]
+        ? [refusals.requestTimeout("Request Timeout"), "Request Timeout"]
         : error.code === "HPE_HEADER_OVERFLOW"
-          ? [431, "Request Header Fields Too Large", "headers_too_large"]
-          : [400, "Bad Request", "bad_request"];
-    const body = refusalBody({ status, code, message: status === 400 ? "Malformed HTTP request." : reason });
+          ? [refusals.headersTooLarge(), "Request Header Fields Too Large"]
+          : [refusals.badRequest("Malformed HTTP request."), "Bad Request"];
+    const body = refusalJson(refusal);
+    const status = refusal.status;
     // Node's own default for this event writes a fixed response the same way: there is no request to frame.
     socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   });

@@ -13,7 +13,7 @@
  * edge was chosen because (1) it can start the lookup when the connection is accepted, before the
  * request exists, which the worker cannot (on a fresh TLS connection that halves the uncached cost,
  * below); (2) it already owns the real peer address and hands it to the core with the per-boot
- * secret, so the identity travels the same way (src/mesh/identity.ts, headers `x-halo-mesh*`), and
+ * secret, so the identity travels the same way (src/shared/mesh-identity.ts, headers `x-halo-mesh*`), and
  * the core compares it in the user's Durable Object, in the one call that confirms the token; (3)
  * the worker needs no binding that `wrangler dev` and Cloudflare lack: without an edge (wrangler
  * dev) or on Cloudflare the check is simply off.
@@ -56,7 +56,7 @@
  */
 import { Agent, request as httpRequest } from "node:http";
 import { isIP } from "node:net";
-import { MESH_USER_PATTERN, type MeshPeer } from "../../src/mesh/identity";
+import { MESH_USER_PATTERN, type MeshPeer } from "../../src/shared/mesh-identity";
 
 export const POSITIVE_TTL_MS = 10_000;
 export const NEGATIVE_TTL_MS = 2_000;

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse as parseToml } from "smol-toml";
-import { ConfigError, parseConfig, type GatewayConfig } from "../../src/config/schema";
+import { ConfigError, parseConfig, type GatewayConfig } from "../../src/shared/config";
 import { CliError } from "../errors";
 import { escapeControl } from "../output";
 import type { RuntimeInfo } from "../state";

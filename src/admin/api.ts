@@ -3,15 +3,15 @@
  * binds to loopback; the mesh-facing gateway has no admin paths at all (they 404 there).
  */
 import { Hono } from "hono";
-import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { auditRecord, readAudit } from "../audit/audit-log";
-import { durationProblem, MAX_ROTATE_GRACE, MAX_TTL, parseDuration } from "../config/duration";
-import { boundedNumber, HANDLE_PATTERN, HANDLE_RULE, LIMIT_BOUNDS, SCOPE_PATTERN, type GatewayConfig } from "../config/schema";
-import { errorResponse, errors, gatewayError } from "../http/errors";
-import { MESH_USER_PATTERN } from "../mesh/identity";
+import { durationProblem, MAX_ROTATE_GRACE, MAX_TTL, parseDuration } from "../shared/duration";
+import { boundedNumber, HANDLE_PATTERN, HANDLE_RULE, LIMIT_BOUNDS, SCOPE_PATTERN, type GatewayConfig } from "../shared/config";
+import { answerError, errors, gatewayError } from "../http/errors";
+import { upstreamSchedulerStub } from "../queue/queue-wait";
+import { MESH_USER_PATTERN } from "../shared/mesh-identity";
 import { usageSnapshot, userQuotaStub } from "../quota/durable-object-quota";
-import { AUDIT_END } from "./wire";
+import { AUDIT_END } from "../shared/admin-wire";
 import { collectUsage, prometheusText } from "./metrics";
 import { operatorAuth } from "./operator-auth";
 import { importBearers } from "./import-bearers";
@@ -78,6 +78,11 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
   const admin = new Hono<{ Bindings: Env }>();
 
   admin.get("/usage", async (c) => c.json({ users: await collectUsage(c.env, config, now()) }));
+  /** serve's shutdown (issue 12): every request waiting in the fair queue is answered 503 + Retry-After now. */
+  admin.post("/queue/drain", async (c) => {
+    const drained = config.routes.some((route) => route.max_in_flight !== undefined) ? await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).drain() : 0;
+    return c.json({ drained });
+  });
 
   admin.get("/users", async (c) => {
     const at = now();
@@ -180,10 +185,6 @@ export function createAdminApi(config: GatewayConfig, now: () => number = Date.n
   root.all("*", () => {
     throw gatewayError(404, { message: "No such admin endpoint.", type: "invalid_request_error", code: "not_found" });
   });
-  root.onError((error) => {
-    if (error instanceof HTTPException) return error.getResponse();
-    console.error("halo-gate admin: unexpected error:", error instanceof Error ? error.message : String(error));
-    return errorResponse(500, { message: "Internal admin error.", type: "server_error", code: "internal_error" });
-  });
+  root.onError(answerError("halo-gate admin"));
   return root;
 }

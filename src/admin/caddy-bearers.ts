@@ -3,9 +3,9 @@
  *   sk-halo-<32 hex> # handle # issued <ISO 8601> # expires <ISO 8601>
  * with times often without seconds. Blank lines and `#` comment lines are skipped.
  */
-import { HANDLE_PATTERN } from "../config/schema";
+import { HANDLE_PATTERN } from "../shared/config";
 import { TOKEN_PATTERN } from "../auth/token";
-import type { MalformedLine } from "./wire";
+import type { MalformedLine } from "../shared/admin-wire";
 
 export interface BearerLine {
   line: number;

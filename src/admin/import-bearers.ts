@@ -7,11 +7,10 @@
  */
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
 import { generateTokenId, hashToken, tokenHint } from "../auth/token";
-import type { GatewayConfig } from "../config/schema";
+import type { GatewayConfig } from "../shared/config";
 import { parseBearersFile } from "./caddy-bearers";
 import { checkScopes, insertTokenIfSeat, iso, refusal } from "./users";
-import type { ErrorBody } from "../http/errors";
-import type { ImportReport } from "./wire";
+import type { ImportReport } from "../shared/admin-wire";
 
 /** The handle's latest revocation after `issuedAt`, if any. */
 const REVOKED_AFTER = "SELECT revoked_at, revoke_reason FROM tokens WHERE handle = ?1 AND revoked_at > ?2 ORDER BY revoked_at DESC LIMIT 1";
@@ -62,8 +61,7 @@ export async function importBearers(db: D1Database, config: GatewayConfig, text:
       report.imported.push({ line: entry.line, handle: entry.handle, token_id: tokenId, status: entry.expiresAt > now ? "active" : "expired" });
     } else {
       const refused = await refusal(db, config, entry.handle, now);
-      const { code } = ((await refused.getResponse().json()) as { error: ErrorBody }).error;
-      report.refused.push({ line: entry.line, handle: entry.handle, code, reason: refused.message });
+      report.refused.push({ line: entry.line, handle: entry.handle, code: refused.refusal.code, reason: refused.message });
     }
   }
   await auditStatement(db, {

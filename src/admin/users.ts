@@ -6,9 +6,9 @@
  * transaction) with its audit row, so the audit row exists before the command returns.
  */
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../auth/token";
-import type { GatewayConfig } from "../config/schema";
+import type { GatewayConfig } from "../shared/config";
 import { effectiveLimits, type LimitOverrides } from "../quota/limits";
-import type { IssuedToken, TokenStatus, UserView } from "./wire";
+import type { IssuedToken, TokenStatus, UserView } from "../shared/admin-wire";
 import { gatewayError } from "../http/errors";
 import { auditStatement, conditionalAuditStatement } from "../audit/audit-log";
 

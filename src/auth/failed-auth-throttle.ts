@@ -6,7 +6,7 @@
  * unknown address (no edge in front) is never throttled, since that would throttle everyone.
  */
 import { DurableObject } from "cloudflare:workers";
-import { errorResponse } from "../http/errors";
+import { errors, type Refused } from "../http/errors";
 
 export const FAILURE_BURST = 10;
 export const FAILURE_REFILL_MS = 6_000;
@@ -25,7 +25,7 @@ export class AuthThrottle extends DurableObject<Env> {
 /** Per-isolate memory of blocked addresses, learned from the Durable Object on each failure. */
 const blockedUntil = new Map<string, number>();
 
-export function throttledResponse(address: string, now: number): Response | null {
+export function throttledRefusal(address: string, now: number): Refused | null {
   const until = blockedUntil.get(address);
   if (until === undefined) return null;
   if (until <= now) {
@@ -33,11 +33,7 @@ export function throttledResponse(address: string, now: number): Response | null
     return null;
   }
   const seconds = Math.max(1, Math.ceil((until - now) / 1000));
-  return errorResponse(
-    429,
-    { message: `Too many failed authentication attempts from your address. Retry in ${seconds} s.`, type: "requests", code: "too_many_auth_failures" },
-    { "retry-after": String(seconds) },
-  );
+  return errors.tooManyAuthFailures(seconds);
 }
 
 export async function recordAuthFailure(namespace: DurableObjectNamespace<AuthThrottle>, address: string, now: number): Promise<void> {

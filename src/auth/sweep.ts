@@ -3,7 +3,7 @@
  * expired token gets `expired_recorded_at` and one audit row, and audit rows past retention are
  * pruned. Running it twice at the same instant changes nothing the second time.
  */
-import type { GatewayConfig } from "../config/schema";
+import type { GatewayConfig } from "../shared/config";
 
 export interface SweepResult {
   expired: number;

@@ -30,16 +30,6 @@ export async function issueTicket(secret: string, token: TokenIdentity, scope: s
   return { ticket, scope, expires_at: new Date(expiresAt * 1000).toISOString() };
 }
 
-/** The `ticket` query parameter, if any, and the query string without it (never forwarded). */
-export function takeTicket(rawQuery: string): { ticket: string | null; rest: string } {
-  if (!rawQuery) return { ticket: null, rest: rawQuery };
-  const parts = rawQuery.slice(1).split("&");
-  const ticketPart = parts.find((part) => part.startsWith("ticket="));
-  if (ticketPart === undefined) return { ticket: null, rest: rawQuery };
-  const rest = parts.filter((part) => !part.startsWith("ticket="));
-  return { ticket: decodeURIComponent(ticketPart.slice(7)), rest: rest.length ? `?${rest.join("&")}` : "" };
-}
-
 /** What a verified ticket names: the token it stands for, and its single-use id. */
 export interface TicketClaims extends TokenIdentity {
   jti: string;

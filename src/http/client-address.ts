@@ -4,7 +4,7 @@
  * `x-halo-client-addr`, proven by the per-boot `EDGE_SECRET`; a client cannot forge either, because
  * the edge strips every client-sent `x-halo-*` header. Deployed on Cloudflare, `CF-Connecting-IP`
  * is the source (config `client_address_source`). Beside the address the edge passes who owns the
- * peer on the mesh (`x-halo-mesh*`, issue 10: src/mesh/identity.ts), trusted under the same secret.
+ * peer on the mesh (`x-halo-mesh*`, issue 10: src/shared/mesh-identity.ts), trusted under the same secret.
  *
  * The core's own socket is on loopback, but any local process can reach it, and what reaches it
  * directly skipped the edge's raw-target screening. So when `EDGE_SECRET` is bound and the address
@@ -13,15 +13,12 @@
  * refused and the client is "unknown".
  */
 import { createMiddleware } from "hono/factory";
-import type { GatewayConfig } from "../config/schema";
-import { parseMeshHeaders, type MeshPeer } from "../mesh/identity";
+import type { GatewayConfig } from "../shared/config";
+import { EDGE_CLIENT_HEADER, EDGE_REQUEST_HEADER, EDGE_REQUEST_ID, EDGE_SECRET_HEADER, EDGE_TLS_HEADER } from "../shared/edge-protocol";
+import { parseMeshHeaders, type MeshPeer } from "../shared/mesh-identity";
 import { errors } from "./errors";
 import { timingSafeEqual } from "./timing-safe";
 
-export const EDGE_SECRET_HEADER = "x-halo-edge-secret";
-export const EDGE_CLIENT_HEADER = "x-halo-client-addr";
-/** The SHA-256 fingerprint of the certificate the edge served this request with (serve --tls). */
-export const EDGE_TLS_HEADER = "x-halo-tls-fingerprint";
 export const UNKNOWN_CLIENT = "unknown";
 
 /** What the core knows of the peer that sent a request. */
@@ -30,10 +27,12 @@ export interface Peer {
   /** Set only by the edge (proven by the secret) when it terminated TLS. */
   tlsFingerprint: string | null;
   /**
-   * Who owns the peer on the mesh, as the edge learned it from tailscaled (src/mesh/identity.ts);
+   * Who owns the peer on the mesh, as the edge learned it from tailscaled (src/shared/mesh-identity.ts);
    * null when no edge is in front (`wrangler dev`, Cloudflare): the mesh check is then off.
    */
   mesh: MeshPeer | null;
+  /** The edge's id for this request (null without an edge): how the edge names it when its client leaves. */
+  requestId: string | null;
 }
 
 export type PeerVariables = { peer: Peer };
@@ -41,15 +40,16 @@ export type PeerVariables = { peer: Peer };
 /** The request's peer, or null when it must be refused: EDGE_SECRET is bound and the request lacks it. */
 export function peerOf(request: Request, config: GatewayConfig, edgeSecret: string | undefined): Peer | null {
   if (config.client_address_source === "cf-connecting-ip") {
-    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
+    return { address: request.headers.get("cf-connecting-ip") ?? UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null, requestId: null };
   }
-  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null };
+  if (!edgeSecret) return { address: UNKNOWN_CLIENT, tlsFingerprint: null, mesh: null, requestId: null };
   const presented = request.headers.get(EDGE_SECRET_HEADER);
   if (presented === null || !timingSafeEqual(presented, edgeSecret)) return null;
   return {
     address: request.headers.get(EDGE_CLIENT_HEADER) ?? UNKNOWN_CLIENT,
     tlsFingerprint: request.headers.get(EDGE_TLS_HEADER),
     mesh: parseMeshHeaders(request.headers),
+    requestId: EDGE_REQUEST_ID.test(request.headers.get(EDGE_REQUEST_HEADER) ?? "") ? request.headers.get(EDGE_REQUEST_HEADER) : null,
   };
 }
 

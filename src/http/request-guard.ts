@@ -4,8 +4,8 @@
  */
 import { createMiddleware } from "hono/factory";
 import { errors } from "./errors";
-import { ALLOWED_METHODS } from "./methods";
-import { normalizePath, splitRequestTarget } from "./path";
+import { ALLOWED_METHODS } from "../shared/methods";
+import { normalizePath, splitRequestTarget } from "../shared/path";
 
 export type GuardVariables = {
   /** The request path, decoded and normalised once, re-encoded canonically. */

@@ -40,6 +40,16 @@ export function planMeteredRequest(bodyText: string): { body: string; plan: Mete
   return { body: JSON.stringify(rewritten), plan: { dropInjectedUsage: true } };
 }
 
+/** Whether a JSON request body asks for a streamed answer (`"stream": true`), as OpenAI's API reads it. */
+export function requestsStream(bodyText: string): boolean {
+  try {
+    const request = completionRequest.safeParse(JSON.parse(bodyText));
+    return request.success && request.data.stream === true;
+  } catch {
+    return false;
+  }
+}
+
 export interface UsageTally {
   /** Tokens reported by the upstream's `usage`, when it sent one. */
   reported: number | null;

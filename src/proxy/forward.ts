@@ -2,10 +2,10 @@
  * Forward one admitted request to its upstream: bodies stream both ways (SSE is never buffered),
  * the body limit is enforced while streaming, and failures map to 413 / 502 / 504.
  */
-import type { RouteConfig } from "../config/schema";
+import type { RouteConfig } from "../shared/config";
 import { errors } from "../http/errors";
-import { clientResponseHeaders, upstreamRequestHeaders, type UpstreamIdentity } from "./headers";
-import { upstreamUrl } from "./routes";
+import { clientResponseHeaders, upstreamRequestHeaders, type UpstreamIdentity } from "../shared/header-allowlist";
+import { upstreamUrl } from "../shared/routes";
 
 export interface ForwardOptions {
   route: RouteConfig;

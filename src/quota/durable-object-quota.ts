@@ -1,6 +1,6 @@
 /** QuotaService on the UserQuota Durable Object: one object per handle, reached by RPC. */
 import type { TokenIdentity } from "../auth/token-store";
-import type { UserLimits } from "../config/schema";
+import type { UserLimits } from "../shared/config";
 import type { AuthorizeRequest, Authorization, QuotaService, RequestOutcome, UserProfile } from "./quota";
 import type { UserQuota, UsageSnapshot } from "./user-quota";
 

@@ -2,8 +2,9 @@
  * RateLimit headers (IETF httpapi ratelimit-headers draft, structured-field syntax) and the
  * OpenAI-shaped 429 bodies: what was hit, and when it resets.
  */
-import type { UserLimits } from "../config/schema";
-import { errorResponse } from "../http/errors";
+import type { UserLimits } from "../shared/config";
+import { Refused } from "../http/errors";
+import type { ErrorBody } from "../shared/refusals";
 import type { QuotaRefusal, QuotaState } from "./quota";
 
 export function rateLimitPolicy(limits: UserLimits): string {
@@ -46,9 +47,10 @@ export function quotaHeaders(limits: UserLimits, state: QuotaState): Record<stri
   };
 }
 
-export function quotaExceeded(handle: string, refusal: QuotaRefusal, retryAfterSeconds: number, limits: UserLimits, state: QuotaState): Response {
+/** The 429 of a quota refusal, with what was hit and when it resets (thrown like every refusal). */
+export function quotaExceeded(handle: string, refusal: QuotaRefusal, retryAfterSeconds: number, limits: UserLimits, state: QuotaState): Refused {
   const resetsAt = new Date(Date.now() + retryAfterSeconds * 1000).toISOString();
-  const body =
+  const body: ErrorBody =
     refusal === "daily"
       ? {
           message: `Daily token quota used up for ${handle}: ${state.tokensUsedToday} of ${limits.daily_tokens} tokens today. It resets at midnight (${resetsAt}).`,
@@ -70,5 +72,5 @@ export function quotaExceeded(handle: string, refusal: QuotaRefusal, retryAfterS
   // both OpenAI SDKs raise at once instead of sleeping until midnight on `Retry-After` (issue 9).
   // Rate and concurrency refusals are: `retry-after-ms` is what the SDKs read first.
   const retry: Record<string, string> = refusal === "daily" ? { "x-should-retry": "false" } : { "retry-after-ms": String(retryAfterSeconds * 1000) };
-  return errorResponse(429, body, { "retry-after": String(retryAfterSeconds), ...retry, ...quotaHeaders(limits, state) });
+  return new Refused({ status: 429, ...body, headers: { "retry-after": String(retryAfterSeconds), ...retry, ...quotaHeaders(limits, state) } });
 }

@@ -1,5 +1,5 @@
 /** Per-user limits: the user's own overrides (from invite/update) over the configured defaults. */
-import { defaultBurst, type UserLimits } from "../config/schema";
+import { defaultBurst, type UserLimits } from "../shared/config";
 
 /** Per-user limits; absent (or NULL in D1) means "the configured default". */
 export interface LimitOverrides {

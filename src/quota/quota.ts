@@ -5,8 +5,9 @@
  * however it ended.
  */
 import type { TokenIdentity } from "../auth/token-store";
-import type { UserLimits } from "../config/schema";
-import type { MeshCheck, MeshVerdict } from "../mesh/identity";
+import type { UserLimits } from "../shared/config";
+import type { MeshCheck, MeshVerdict } from "../shared/mesh-identity";
+import type { QueueUsage } from "../shared/admin-wire";
 
 export type QuotaRefusal = "rate" | "concurrency" | "daily";
 
@@ -102,6 +103,8 @@ export interface UserProfile {
   tokens_remaining: number;
   resets_at: string;
   in_flight: number;
+  /** The fair queue, when a route has one (issue 12; filled in by the gateway from the scheduler). */
+  queue?: QueueUsage;
 }
 
 export interface QuotaService {

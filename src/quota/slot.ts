@@ -23,9 +23,17 @@ export interface SlotOptions {
   onEnd: (status: number) => void;
 }
 
+/** A second lease the request holds beside the user's: a queued route's upstream slot (issue 12). */
+export interface AttachedLease {
+  renew(leaseMs: number): Promise<void>;
+  release(): Promise<void>;
+}
+
 export interface Slot {
   /** Time from the upstream request to its response headers, once known. */
   upstreamLatencyMs: number | null;
+  /** Renewed and released with this slot from now on (released at once if the slot has ended). */
+  attach(lease: AttachedLease): void;
   /** Aborted when a renewal finds the token revoked or expired: close the stream or socket. */
   readonly revoked: AbortSignal;
   /** Ends the slot (the first call counts); resolves when the release has been recorded. */
@@ -43,7 +51,9 @@ export const MAX_RENEWAL_INTERVAL_MS = 4_000;
 
 export function holdSlot(options: SlotOptions): Slot {
   const revocation = new AbortController();
+  let attached: AttachedLease | null = null;
   const renewal = setInterval(() => {
+    attached?.renew(options.leaseMs).catch(() => {});
     options.quota.renew(options.token, options.leaseId, options.leaseMs).then(
       (current) => {
         if (!current) revocation.abort(new Error("token revoked or expired"));
@@ -57,6 +67,10 @@ export function holdSlot(options: SlotOptions): Slot {
   const slot: Slot = {
     upstreamLatencyMs: null,
     revoked: revocation.signal,
+    attach(lease) {
+      if (ended) return void options.waitUntil(lease.release().catch(() => {}));
+      attached = lease;
+    },
     end(status) {
       if (ended) return Promise.resolve();
       ended = true;
@@ -66,6 +80,7 @@ export function holdSlot(options: SlotOptions): Slot {
         console.error(`halo-gate: could not release a slot of ${options.token.handle} (its lease will lapse): ${String(error)}`);
       });
       options.waitUntil(released);
+      if (attached) options.waitUntil(attached.release().catch((error: unknown) => console.error(`halo-gate: could not release an upstream slot (its lease will lapse): ${String(error)}`)));
       options.onEnd(status);
       return released;
     },

@@ -30,9 +30,9 @@
  *   lease time, as before; expired leases are dropped on each call.
  */
 import { DurableObject } from "cloudflare:workers";
-import type { UserLimits } from "../config/schema";
+import type { UserLimits } from "../shared/config";
 import { D1TokenStore, type TokenIdentity, type TokenRecord } from "../auth/token-store";
-import { meshVerdict, type MeshVerdict } from "../mesh/identity";
+import { meshVerdict, type MeshVerdict } from "../shared/mesh-identity";
 import { quotaDay } from "./day";
 import { effectiveLimits } from "./limits";
 import type { Admission, AdmitRequest, Authorization, AuthorizeRequest, QuotaState, RequestOutcome, UserProfile } from "./quota";

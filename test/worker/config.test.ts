@@ -1,6 +1,6 @@
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseConfig } from "../../src/config/schema";
+import { ConfigError, parseConfig } from "../../src/shared/config";
 
 function problemsOf(raw: unknown): string[] {
   try {

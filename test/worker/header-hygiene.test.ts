@@ -6,7 +6,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { FORWARDED_REQUEST_HEADERS, FORWARDED_REQUEST_PREFIXES, isForwardableName, upstreamRequestHeaders } from "../../src/proxy/headers";
+import { FORWARDED_REQUEST_HEADERS, FORWARDED_REQUEST_PREFIXES, isForwardableName, upstreamRequestHeaders } from "../../src/shared/header-allowlist";
 import { bearer, gatewayClient, marker, recordedWith, seedToken } from "./helpers";
 
 const CLIENT = "100.64.1.7";

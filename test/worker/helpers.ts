@@ -4,10 +4,10 @@ import { inject } from "vitest";
 import { revokeUser } from "../../src/admin/users";
 import { generateToken, generateTokenId, hashToken, tokenHint } from "../../src/auth/token";
 import { userQuotaStub } from "../../src/quota/durable-object-quota";
-import { parseConfig, type GatewayConfig } from "../../src/config/schema";
+import { parseConfig, type GatewayConfig } from "../../src/shared/config";
 import { createGateway, type GatewayOptions } from "../../src/gateway";
-import { EDGE_SECRET_HEADER } from "../../src/http/client-address";
-import { MESH_HEADER } from "../../src/mesh/identity";
+import { EDGE_SECRET_HEADER } from "../../src/shared/edge-protocol";
+import { MESH_HEADER } from "../../src/shared/mesh-identity";
 
 export const upstreamBase = () => `http://127.0.0.1:${inject("upstreamPort")}`;
 

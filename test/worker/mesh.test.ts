@@ -8,8 +8,8 @@
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import type { AuditRow } from "../../src/audit/audit-log";
-import { parseConfig } from "../../src/config/schema";
-import { meshVerdict, type MeshPeer } from "../../src/mesh/identity";
+import { parseConfig } from "../../src/shared/config";
+import { meshVerdict, type MeshPeer } from "../../src/shared/mesh-identity";
 import { userQuotaStub, usageSnapshot } from "../../src/quota/durable-object-quota";
 import { bearer, gatewayClient, revokeAsAdmin, seedToken, testConfig } from "./helpers";
 

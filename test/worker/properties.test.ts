@@ -2,7 +2,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { parseBearer } from "../../src/auth/bearer";
-import { normalizePath } from "../../src/http/path";
+import { normalizePath } from "../../src/shared/path";
 
 const b64char = fc.constantFrom(..."ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/".split(""));
 const b64token = fc

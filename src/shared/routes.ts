@@ -1,5 +1,5 @@
 /** Route selection on the normalised path (and the Host, where a route names one). Case-sensitive. */
-import type { RouteConfig } from "../config/schema";
+import type { RouteConfig } from "./config";
 
 export function matchRoute(routes: readonly RouteConfig[], path: string, host: string | null): RouteConfig | undefined {
   const requestHost = host?.toLowerCase() ?? null;

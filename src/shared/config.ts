@@ -6,6 +6,7 @@
  * Pure TypeScript, no Node or Workers APIs: the CLI imports it too.
  */
 import { z } from "zod";
+import { AUTH_KIND_NAMES, AUTH_KINDS } from "./auth-kinds";
 import { durationProblem, MAX_TTL, parseDuration } from "./duration";
 
 export const HANDLE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,31}$/;
@@ -67,10 +68,19 @@ const routeSchema = z
     host: z.string().regex(/^[a-z0-9.-]+(:[0-9]{1,5})?$/).optional(),
     upstream: z.url({ protocol: /^(https?|wss?)$/ }),
     strip_prefix: z.boolean().default(false),
-    auth: z.enum(["bearer", "bearer_or_ticket", "none"]),
+    /** How a request proves itself: src/shared/auth-kinds.ts. */
+    auth: z.enum(AUTH_KIND_NAMES),
     scope: z.string().regex(SCOPE_PATTERN).optional(),
     /** LLM endpoints whose `usage` is charged against the daily token quota. */
     metered: z.boolean().default(false),
+    /**
+     * Issue 12: at most this many admitted requests that hold a slot (POST/PUT/PATCH, WebSocket
+     * upgrades) are in flight to the upstream at once, across all users; the rest wait in a fair
+     * queue (src/queue/). Absent: unlimited, no queue (a user over its `streams` cap gets 429 at once).
+     */
+    max_in_flight: z.number().int().min(1).max(1_000).optional(),
+    /** How long a request may wait in this route's queue (default: HALO_CONFIG.queue_timeout). */
+    queue_timeout: duration("queue_timeout", "10m").optional(),
   })
   .superRefine((route, ctx) => {
     const url = new URL(route.upstream);
@@ -80,10 +90,17 @@ const routeSchema = z
     if (url.search || url.hash) {
       ctx.addIssue({ code: "custom", path: ["upstream"], message: "upstream must not carry a query or fragment" });
     }
-    if (route.auth === "none" && route.scope !== undefined) {
+    const open = !AUTH_KINDS[route.auth].credentials;
+    if (open && route.scope !== undefined) {
       ctx.addIssue({ code: "custom", path: ["scope"], message: 'a route with auth = "none" takes no scope' });
     }
-    if (route.auth === "none" && route.metered) {
+    if (open && route.max_in_flight !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["max_in_flight"], message: 'a queued route needs auth (cannot be "none"): the queue is fair between users' });
+    }
+    if (route.queue_timeout !== undefined && route.max_in_flight === undefined) {
+      ctx.addIssue({ code: "custom", path: ["queue_timeout"], message: "queue_timeout needs max_in_flight (without it the route has no queue)" });
+    }
+    if (open && route.metered) {
       ctx.addIssue({ code: "custom", path: ["metered"], message: 'a metered route needs auth (cannot be "none")' });
     }
     const shadowed = GATEWAY_PATHS.find((own) => route.path === own || route.path.startsWith(`${own}/`));
@@ -91,7 +108,11 @@ const routeSchema = z
       ctx.addIssue({ code: "custom", path: ["path"], message: `${route.path} would shadow the gateway's own ${shadowed}` });
     }
   })
-  .transform((route) => ({ ...route, scope: route.auth === "none" ? null : (route.scope ?? route.name) }));
+  .transform((route) => ({
+    ...route,
+    scope: AUTH_KINDS[route.auth].credentials ? (route.scope ?? route.name) : null,
+    queue_timeout_ms: route.queue_timeout === undefined ? undefined : (parseDuration(route.queue_timeout) as number),
+  }));
 
 export const DEFAULT_ROUTES: z.input<typeof routeSchema>[] = [
   { name: "v2", path: "/v2", upstream: "http://127.0.0.1:8080", strip_prefix: true, auth: "bearer", metered: true },
@@ -182,6 +203,8 @@ export const configSchema = z
     audit_retention_days: z.number().int().min(1).max(3650).default(90),
     /** In-flight slots are leases renewed while a stream runs; an unreleased one frees after this (a restart frees all). */
     quota_lease: duration("quota_lease", "24h").default("30s"),
+    /** How long a request may wait in a queued route's fair queue (routes with `max_in_flight`) before 429. */
+    queue_timeout: duration("queue_timeout", "10m").default("30s"),
     /** Per-user quota enforcement. Off only to measure its cost (bench/) or in an emergency: serve warns. */
     quotas: z.boolean().default(true),
     limits: limitsSchema.default({ rps: 5, burst: 10, streams: 1, daily_tokens: 2_000_000 }),
@@ -236,6 +259,7 @@ export const configSchema = z
     default_ttl_ms: parseDuration(config.default_ttl) as number,
     upstream_timeout_ms: parseDuration(config.upstream_timeout) as number,
     quota_lease_ms: parseDuration(config.quota_lease) as number,
+    queue_timeout_ms: parseDuration(config.queue_timeout) as number,
     limits: { ...config.limits, burst: config.limits.burst ?? defaultBurst(config.limits.rps) },
   }));
 
@@ -249,7 +273,7 @@ const longest = (routes: ResolvedRoute[]) => routes.reduce<ResolvedRoute | undef
 /**
  * The generic (Host-less) routes whose requests `route` takes when its Host is sent: the one that
  * would serve its own path, and, for a prefix route, the one that would serve the paths below it
- * (the longest path wins and a Host route wins a tie, as src/proxy/routes.ts matches).
+ * (the longest path wins and a Host route wins a tie, as src/shared/routes.ts matches).
  */
 function genericTwins(routes: ResolvedRoute[], route: ResolvedRoute): Set<ResolvedRoute> {
   const generic = routes.filter((candidate) => candidate.host === undefined && servesPath(candidate, route.path));
@@ -257,12 +281,10 @@ function genericTwins(routes: ResolvedRoute[], route: ResolvedRoute): Set<Resolv
   return new Set(twins.filter((twin): twin is ResolvedRoute => twin !== undefined));
 }
 
-/** How strict each auth kind is: a route may not stand in for a stricter one. */
-const AUTH_STRENGTH: Record<ResolvedRoute["auth"], number> = { none: 0, bearer_or_ticket: 1, bearer: 2 };
 
 /** How `route` is weaker than `twin`, in words, or `undefined` when it is at least as strict. */
 function weakerThan(route: ResolvedRoute, twin: ResolvedRoute): string | undefined {
-  if (AUTH_STRENGTH[route.auth] < AUTH_STRENGTH[twin.auth]) return `auth = "${route.auth}" where it has auth = "${twin.auth}"`;
+  if (AUTH_KINDS[route.auth].strength < AUTH_KINDS[twin.auth].strength) return `auth = "${route.auth}" where it has auth = "${twin.auth}"`;
   if (twin.scope !== null && route.scope !== twin.scope) return `scope "${route.scope}" where it needs scope "${twin.scope}"`;
   if (twin.metered && !route.metered) return "not metered where it is metered (the daily token quota would not apply)";
   return undefined;

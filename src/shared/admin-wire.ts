@@ -2,7 +2,7 @@
  * The admin API's response shapes: one definition for the worker that sends them and the CLI that
  * reads them. Types only, and free of Workers types, so the Node side can import it too.
  */
-import type { UserLimits } from "../config/schema";
+import type { UserLimits } from "./config";
 
 export type TokenStatus = "active" | "expired" | "revoked";
 
@@ -64,6 +64,19 @@ export interface UserUsage {
   streams: number;
   upstream_latency: { count: number; sum_seconds: number; buckets: Array<{ le: string; count: number }> };
   day: string;
+  /**
+   * The fair queue of routes with `max_in_flight` (issue 12), since serve started: requests waiting
+   * now, requests that had to wait, their total and longest wait, and waits that timed out (429).
+   */
+  queue: QueueUsage;
+}
+
+export interface QueueUsage {
+  queued: number;
+  waited: number;
+  wait_ms_total: number;
+  wait_ms_max: number;
+  timeouts: number;
 }
 
 /** The key of the audit export's closing line: `{"end_of_audit": true, "rows": N}` (GET /admin/audit). */

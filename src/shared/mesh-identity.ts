@@ -17,7 +17,7 @@
  * Absent: the edge did not look (no credentials on the request), which the core, when it does need
  * the answer, takes as `unavailable` (fail-closed).
  */
-import type { GatewayConfig } from "../config/schema";
+import type { GatewayConfig } from "./config";
 
 export const MESH_HEADER = "x-halo-mesh";
 export const MESH_USER_HEADER = "x-halo-mesh-user";
