@@ -233,6 +233,9 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
 
     // 4. The slot is released and the tokens charged when the response ends, however it ends.
     const tally: UsageTally = { reported: null, deltas: 0 };
+    // A request that never reached the upstream because its wait in the queue ended (issue 12) is
+    // audited as a denial with that reason, like a quota refusal.
+    let queueEnd: string | null = null;
     const slot = holdSlot({
       quota,
       token,
@@ -242,7 +245,13 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       now,
       tally,
       waitUntil: (promise) => c.executionCtx.waitUntil(promise),
-      onEnd: (status) => recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "allow", ...identity, status, ...audit, ...note }, auditFlushMs),
+      onEnd: (status) =>
+        recordAuthDecision(
+          c.env.DB,
+          c.executionCtx,
+          queueEnd ? { at: now(), action: "deny", reason: `queue:${queueEnd}`, ...identity, status, ...audit, ...(note.detail ? { detail: note.detail } : {}) } : { at: now(), action: "allow", ...identity, status, ...audit, ...note },
+          auditFlushMs,
+        ),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
     // A generation request's body is read for metering, and a queued route's to know whether it streams.
@@ -281,6 +290,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     try {
       entered = await scheduler.enter(slotRequest);
     } catch (error) {
+      queueEnd = "unavailable";
       void slot.end(503);
       console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
       throw errors.queueUnavailable();
@@ -289,7 +299,10 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       slot.attach(upstreamLease(scheduler, entered.leaseId));
       return run(0);
     }
-    const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
+    const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => {
+      queueEnd = outcome.kind;
+      void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
+    };
     if (streams) {
       // A stream that waits is answered at once, and told where it stands (src/queue/queue-wait.ts).
       const body = queuedEventStream({

@@ -12,7 +12,7 @@
 import { request as httpRequest } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startSlottedUpstream, type SlottedUpstream } from "../support/slotted-upstream";
-import { bearer, inviteJson, startServe, testWranglerConfig, type Serve } from "./harness";
+import { bearer, cli, inviteJson, startServe, testWranglerConfig, type Serve } from "./harness";
 
 const FLOOD_LOOPS = 8;
 const USERS = 10;
@@ -157,6 +157,13 @@ describe("a wait that is too long, and a client that leaves", () => {
     expect(sd.stats().requests.map((request) => request.user)).toEqual(["user3"]);
     expect((await me(tokens[4]!)).queue).toMatchObject({ queued: 0, timeouts: 1 });
     expect((await holder).status).toBe(200);
+    // Audited as what it was: a denial, with the queue's reason (auth decisions are flushed within ~1 s).
+    await expect
+      .poll(async () => {
+        const events = (await cli(["audit", "--state", gateway.stateDir])).stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+        return events.filter((event) => event.handle === "user4" && event.route === "sd").map((event) => [event.action, event.reason, event.status]);
+      }, { timeout: 5_000, interval: 500 })
+      .toEqual([["deny", "queue:timeout", 429]]);
   }, 30_000);
 
   it("a client that disconnects while queued leaves the queue at once, and is charged nothing", async () => {
