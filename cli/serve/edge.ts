@@ -296,9 +296,10 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     response.once("close", () => {
       if (body.present) bodyReceived();
       if (!response.writableFinished) controller?.abort(new Error("client closed"));
-      // Gone before its response started: the core is told, as it is not by the closed connection
-      // (src/shared/edge-protocol.ts); a request waiting in the fair queue gives its place up at once.
-      if (!responded && controller && !upgradeSocket) abandoned(requestId);
+      // Gone before its response ended: the core is told, as it is not by the closed connection
+      // until it next writes (src/shared/edge-protocol.ts); a request waiting in the fair queue —
+      // a streaming one has its 200 already — gives its place up at once.
+      if (controller && !upgradeSocket) abandoned(requestId);
       finish();
     });
 

@@ -107,7 +107,11 @@ export interface QueuedStreamOptions {
 export function queuedEventStream(options: QueuedStreamOptions): ReadableStream<Uint8Array> {
   const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
   const writer = writable.getWriter();
-  // A client that went away makes writes fail; leaving the queue is `awaitTurn`'s (the request's signal).
+  // The client is gone when the request says so, or when its stream is cancelled (the runtime does
+  // that when the connection closes, after the response started): either way it leaves the queue.
+  const gone = new AbortController();
+  options.signal?.addEventListener("abort", () => gone.abort(options.signal!.reason), { once: true });
+  writer.closed.catch(() => gone.abort(new Error("the client went away")));
   const write = (text: string) => writer.write(encoder.encode(text)).catch(() => {});
   const errorEvent = (refusal: Refusal) => write(`data: ${refusalJson(refusal)}\n\n`);
   const close = () => writer.close().catch(() => {});
@@ -115,7 +119,7 @@ export function queuedEventStream(options: QueuedStreamOptions): ReadableStream<
     (async () => {
       let told = { position: options.position, at: Date.now() };
       void write(`: queued position=${told.position}\n\n`);
-      const outcome = await awaitTurn(options.scheduler, options.id, options.signal, (position) => {
+      const outcome = await awaitTurn(options.scheduler, options.id, gone.signal, (position) => {
         if (position === told.position && Date.now() - told.at < POSITION_EVERY_MS) return;
         told = { position, at: Date.now() };
         void write(`: queued position=${position}\n\n`);

@@ -187,6 +187,24 @@ describe("a wait that is too long, and a client that leaves", () => {
   }, 30_000);
 });
 
+describe("a waiting stream whose client leaves", () => {
+  it("a waiting stream's client that disconnects leaves the queue at once", async () => {
+    const holder = chat("/lemon/v1/chat/completions", tokens[1]!);
+    await running(lemon, "user1");
+    const abort = new AbortController();
+    let queued = false;
+    const leaving = chat("/lemon/v1/chat/completions", tokens[2]!, { stream: true, signal: abort.signal, onData: () => void (queued = true) }).catch((error: Error) => error);
+    await expect.poll(() => queued, { timeout: 5_000 }).toBe(true);
+    const left = Date.now();
+    abort.abort();
+    expect(await leaving).toBeInstanceOf(Error);
+    await expect.poll(async () => (await me(tokens[2]!)).queue.queued, { timeout: 1_000, interval: 50 }).toBe(0);
+    expect(Date.now() - left).toBeLessThan(1_000);
+    expect((await holder).status).toBe(200);
+    expect(lemon.stats().requests.filter((request) => request.user === "user2" && request.end !== null && request.end > left)).toEqual([]);
+  }, 30_000);
+});
+
 describe("shutdown", () => {
   it("SIGTERM answers every request still waiting 503 with Retry-After, while the running one finishes", async () => {
     const holder = chat("/sd/v1/chat/completions", tokens[8]!);
