@@ -5,8 +5,13 @@
  *   gateways  two serves with the same config (test/e2e/harness.ts `testWranglerConfig`) except
  *             `mesh.identity`: "enforce" and "off"; both `trust_loopback = false`, so loopback
  *             peers are looked up like mesh peers. Each has its own fake tailscaled speaking the
- *             LocalAPI on a unix socket (test/e2e/fakes.ts, in this process), with the same table,
- *             so the whois calls of each serve are counted apart ("off" must make none).
+ *             LocalAPI on a unix socket (test/e2e/fakes.ts, each in a child process of its own, as
+ *             tailscaled is), with the same table, so the whois calls of each serve are counted
+ *             apart ("off" must make none). The fake sends every answer from `setTimeout(…, 0)`,
+ *             which Node runs after ≥ 1 ms; the real tailscaled answers from memory. By default
+ *             (`--fake-answer immediate`) the fake's process runs such 0 ms timers as setImmediate;
+ *             `--fake-answer timer` leaves the fake as shipped. The report also times one whois
+ *             round trip alone against a fake of each kind, for scale.
  *   owner     `alice`, invited on each with `--mesh-user 1` (and `--rps 10000 --burst 100000`, so
  *             the request bucket never binds). Her devices: 127.0.0.2 (alice-laptop), the pool
  *             127.0.1.1 … 127.0.4.250 (all alice-laptop too: a known device whose cache entry
@@ -35,7 +40,7 @@
  * (cases past it are cut short or skipped, and say so). Loopback only. Serves, fakes and temp dirs
  * are ended and removed at the end, on error and on Ctrl-C.
  *
- *   npm run bench:mesh [-- --cached 2000 --fresh 600 --warmup 200 --transports plain,tls --budget 170]
+ *   npm run bench:mesh [-- --cached 2000 --fresh 600 --warmup 200 --transports plain,tls --budget 170 --fake-answer immediate]
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -44,6 +49,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { availableParallelism, loadavg } from "node:os";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { setImmediate } from "node:timers";
 import { parseArgs } from "node:util";
 import { fakeTailscaled, type FakeNode } from "../test/e2e/fakes.ts";
 import { inviteJson, startServe, testWranglerConfig, type Serve } from "../test/e2e/harness.ts";
@@ -104,7 +110,7 @@ function options() {
       warmup: { type: "string", default: "200" },
       transports: { type: "string", default: "plain,tls" },
       budget: { type: "string", default: "170" },
-      fake: { type: "string", default: "process" },
+      "fake-answer": { type: "string", default: "immediate" },
     },
   });
   const cached = Number(values.cached);
@@ -117,8 +123,9 @@ function options() {
   if (!Number.isInteger(warmup) || warmup < 0 || warmup > 5_000) throw new Error("--warmup: 0 to 5000");
   if (!Number.isFinite(budgetS) || budgetS < 20 || budgetS > 1_800) throw new Error("--budget: seconds, 20 to 1800");
   if (transports.length === 0 || transports.some((name) => name !== "plain" && name !== "tls")) throw new Error("--transports: plain, tls or plain,tls");
-  if (values.fake !== "process" && values.fake !== "inline") throw new Error("--fake: process (each fake tailscaled in its own process) or inline (in the bench's process)");
-  return { cached, fresh, warmup, budgetS, transports: transports as Transport[], fake: values.fake as "process" | "inline" };
+  const fakeAnswer = values["fake-answer"];
+  if (fakeAnswer !== "immediate" && fakeAnswer !== "timer") throw new Error("--fake-answer: immediate (the fake answers whois at once) or timer (as test/e2e/fakes.ts ships: through setTimeout(…, 0), at least 1 ms)");
+  return { cached, fresh, warmup, budgetS, transports: transports as Transport[], fakeAnswer: fakeAnswer as FakeAnswer };
 }
 
 // ---- the fakes, the serves and their cleanup ----------------------------------------------------
@@ -135,7 +142,16 @@ const gateways = new Set<Gateway>();
 let upstream: RecordingUpstream | undefined;
 const fakes: Tailscaled[] = [];
 
-/** A fake tailscaled (test/e2e/fakes.ts), here or in a child process of its own, as tailscaled is. */
+/**
+ * How the fake answers whois. test/e2e/fakes.ts sends every answer from `setTimeout(…, delayMs)`,
+ * with delayMs 0 unless a test slows it down, and Node runs a 0 ms timer after at least 1 ms: the
+ * fake as shipped puts a ≥ 1 ms floor under every whois that the real tailscaled (an in-memory
+ * lookup) does not have. "immediate" (the default) runs those 0 ms timers through setImmediate in
+ * the fake's process, which holds nothing else; "timer" leaves the fake as it is.
+ */
+type FakeAnswer = "immediate" | "timer";
+
+/** A fake tailscaled (test/e2e/fakes.ts) in a child process of its own, as tailscaled is. */
 interface Tailscaled {
   socket: string;
   /** How many whois calls it has answered so far. */
@@ -145,8 +161,13 @@ interface Tailscaled {
 
 type FakeMessage = { socket: string } | { whois: number };
 
-/** Child mode (`--fake-tailscaled`): one fake tailscaled; tells its socket, answers "count", ends on "close". */
-async function fakeChild() {
+/** Child mode (`--fake-tailscaled ANSWER`): one fake tailscaled; tells its socket, answers "count", ends on "close". */
+async function fakeChild(answer: FakeAnswer) {
+  if (answer === "immediate") {
+    const timer = globalThis.setTimeout;
+    const patched = (callback: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => (ms ? timer(callback, ms, ...args) : setImmediate(callback, ...args));
+    globalThis.setTimeout = patched as unknown as typeof globalThis.setTimeout;
+  }
   const fake = await fakeTailscaled({ BackendState: "Running" }, whoisTable);
   process.on("message", (message) => {
     if (message === "count") process.send!({ whois: fake.whoisCalls.length } satisfies FakeMessage);
@@ -157,14 +178,9 @@ async function fakeChild() {
   process.send!({ socket: fake.socket } satisfies FakeMessage);
 }
 
-async function startTailscaled(where: "process" | "inline"): Promise<Tailscaled> {
-  if (where === "inline") {
-    const fake = await fakeTailscaled({ BackendState: "Running" }, whoisTable);
-    dirs.add(dirname(fake.socket));
-    return { socket: fake.socket, whoisCount: async () => fake.whoisCalls.length, close: () => fake.close() };
-  }
+async function startTailscaled(answer: FakeAnswer): Promise<Tailscaled> {
   // tsx's loader comes along in process.execArgv.
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ["--fake-tailscaled"], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ["--fake-tailscaled", answer], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const next = () =>
     new Promise<FakeMessage>((resolve, reject) => {
@@ -178,7 +194,7 @@ async function startTailscaled(where: "process" | "inline"): Promise<Tailscaled>
   const first = await next();
   if (!("socket" in first)) throw new Error("fake tailscaled: unexpected first message");
   dirs.add(dirname(first.socket));
-  return {
+  const handle: Tailscaled = {
     socket: first.socket,
     async whoisCount() {
       const answer = next();
@@ -196,6 +212,8 @@ async function startTailscaled(where: "process" | "inline"): Promise<Tailscaled>
       }
     },
   };
+  fakes.push(handle);
+  return handle;
 }
 
 async function startGateway(mode: Gateway["mode"], transport: Transport, tailscaled: Tailscaled, upstreamPort: number): Promise<Gateway> {
@@ -378,12 +396,10 @@ async function main() {
   const deadline = started + settings.budgetS * 1_000;
   const loadBefore = load();
   upstream = await startRecordingUpstream();
-  const [enforceFake, offFake] = await Promise.all([startTailscaled(settings.fake), startTailscaled(settings.fake)]);
-  fakes.push(enforceFake, offFake);
+  const [enforceFake, offFake] = await Promise.all([startTailscaled(settings.fakeAnswer), startTailscaled(settings.fakeAnswer)]);
 
   const results: CaseResult[] = [];
   const skipped: string[] = [];
-  let alone: number[] = [];
   for (const transport of settings.transports) {
     if (deadline - performance.now() < 40_000) {
       skipped.push(`${transport}: not run, less than 40 s of the --budget left`);
@@ -434,7 +450,10 @@ async function main() {
 
     await Promise.all([stopGateway(enforce), stopGateway(off)]);
   }
-  alone = await whoisAlone(enforceFake, 500, deadline + 10_000);
+  // For scale: the whois round trip alone, against a fake answering as in the run and one answering the other way.
+  const otherAnswer: FakeAnswer = settings.fakeAnswer === "immediate" ? "timer" : "immediate";
+  const other = await startTailscaled(otherAnswer);
+  const alone = { [settings.fakeAnswer]: await whoisAlone(enforceFake, 500, deadline + 10_000), [otherAnswer]: await whoisAlone(other, 500, deadline + 15_000) } as Record<FakeAnswer, number[]>;
 
   const elapsedS = (performance.now() - started) / 1_000;
   const markdown = [
@@ -446,7 +465,7 @@ async function main() {
     "",
     `Machine: ${machineLine()} · load average before ${loadBefore}, after ${load()} · run took ${elapsedS.toFixed(0)} s`,
     "",
-    `Two \`halo-gate serve\`s, identical but for \`mesh.identity\` ("enforce" vs "off"; both \`trust_loopback = false\`), each with its own fake tailscaled (test/e2e/fakes.ts) on a unix socket, ${settings.fake === "process" ? "each in a process of its own (as tailscaled is)" : "both in the bench's process (--fake inline)"}. c=1, \`GET ${PATH}\` with a valid bearer, interleaved request by request (order swapped every pair), timed by the client from \`request()\` to the end of the response (connect and TLS handshake included). Warm-up: ${settings.warmup} pairs before the kept-alive case, ${Math.min(settings.warmup, 50)} before the cached fresh one, ${POOL_WARMUP} pairs from addresses set aside before each uncached case. All on loopback; source addresses 127.0.x.y bound by the client (\`localAddress\`).`,
+    `Two \`halo-gate serve\`s, identical but for \`mesh.identity\` ("enforce" vs "off"; both \`trust_loopback = false\`), each with its own fake tailscaled (test/e2e/fakes.ts) on a unix socket in a process of its own, answering whois ${settings.fakeAnswer === "immediate" ? "at once (`--fake-answer immediate`: the fake's `setTimeout(…, 0)` run as setImmediate, see below)" : "as it ships (`--fake-answer timer`: through `setTimeout(…, 0)`, ≥ 1 ms per answer)"}. c=1, \`GET ${PATH}\` with a valid bearer, interleaved request by request (order swapped every pair), timed by the client from \`request()\` to the end of the response (connect and TLS handshake included). Warm-up: ${settings.warmup} pairs before the kept-alive case, ${Math.min(settings.warmup, 50)} before the cached fresh one, ${POOL_WARMUP} pairs from addresses set aside before each uncached case. All on loopback; source addresses 127.0.x.y bound by the client (\`localAddress\`).`,
     "",
     "- **cached, kept-alive connection**: one connection per serve from 127.0.0.2 (alice-laptop); its positive answer is cached 10 s, so enforce asks tailscaled about once per 10 s",
     "- **cached, fresh connections**: a new connection per request, from 127.0.0.2",
@@ -457,7 +476,7 @@ async function main() {
     "",
     table(results),
     "",
-    `For scale: one whois round trip alone from this process to the enforce serve's fake tailscaled (Node http client, kept-alive unix socket connection, as the edge asks), ${alone.length} sequential after warm-up: p50 ${ms(quantile(alone, 0.5))} ms, p95 ${ms(quantile(alone, 0.95))} ms.`,
+    `For scale, one whois round trip alone, from this process to a fake tailscaled in its own process (Node http client, kept-alive unix socket connection, as the edge asks; 500 sequential after warm-up), p50 / p95: answering at once ${ms(quantile(alone.immediate, 0.5))} / ${ms(quantile(alone.immediate, 0.95))} ms; answering through the fake's \`setTimeout(…, 0)\` as test/e2e/fakes.ts ships ${ms(quantile(alone.timer, 0.5))} / ${ms(quantile(alone.timer, 0.95))} ms. The real tailscaled answers whois from memory, with no such timer: the uncached rows above ${settings.fakeAnswer === "immediate" ? "are the closer estimate" : "carry the fake's timer (rerun with `--fake-answer immediate`)"}.`,
     ...(skipped.length ? ["", ...skipped.map((line) => `- ${line}`)] : []),
     "",
   ].join("\n");
@@ -482,8 +501,9 @@ function cleanUpOnSignals(): () => boolean {
   return () => interrupted;
 }
 
-if (process.argv.includes("--fake-tailscaled")) {
-  void fakeChild();
+const childAt = process.argv.indexOf("--fake-tailscaled");
+if (childAt !== -1) {
+  void fakeChild(process.argv[childAt + 1] === "timer" ? "timer" : "immediate");
 } else {
   const interrupted = cleanUpOnSignals();
   main()

@@ -37,10 +37,11 @@
  * Measured through `serve` (2-core dev machine, c=1, GET /v2/v1/models with a bearer, a fake
  * tailscaled speaking the LocalAPI in its own process — test/e2e/fakes.ts —, `enforce` against
  * `off` interleaved request by request; medians):
- *   - cached (the normal case: a device's requests within 10 s of each other): no measurable cost,
- *     2.43 vs 2.43 ms on a kept-alive connection (3,000 requests each), 2.93 vs 3.31 ms on fresh
- *     connections (600 each);
- *   - uncached (a device's first request, or its first after 10 s idle): +1.1 ms on a fresh plain
+ *   - cached (the normal case: a device's requests within 10 s of each other): a few hundredths of a
+ *     millisecond — `npm run bench:mesh` (bench/MESH.md, paired, 2,000 pairs) puts it at +0.05 to
+ *     +0.14 ms on a kept-alive connection, +0.00 on fresh ones, across three runs;
+ *   - uncached (a device's first request, or its first after 10 s idle; bench/MESH.md: +1.2 to +1.4
+ *     ms plain, +0.6 to +0.9 ms TLS, medians of three runs): +1.1 ms on a fresh plain
  *     HTTP connection (4.40 vs 3.31 ms), +0.6 ms on a fresh TLS connection (7.17 vs 6.54 ms; +1.4 ms
  *     without the lookup starting at accept) — one unix-socket round trip to tailscaled, which
  *     alone measured 0.8–1.0 ms from Node against the (Node) fake; the real tailscaled answers whois
