@@ -14,6 +14,7 @@ import { issueTicket, verifyTicket, type TicketClaims } from "./auth/ticket";
 import { D1TokenStore, type TokenIdentity } from "./auth/token-store";
 import type { GatewayConfig, RouteConfig, UserLimits } from "./shared/config";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
+import { departuresStub, watchDeparture } from "./http/departures";
 import { meshAuditReason, meshCheck, type MeshVerdict } from "./shared/mesh-identity";
 import { answerError, errors, Refused } from "./http/errors";
 import { AUTH_KINDS, presentedCredential, type Credential } from "./shared/auth-kinds";
@@ -100,7 +101,10 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   // The edge: this request's client went away before its response started (src/shared/edge-protocol.ts).
   app.post(ABANDONED_PATH, async (c) => {
     const id = c.var.peer.requestId;
-    if (id && config.routes.some((route) => route.max_in_flight !== undefined)) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
+    if (!id) return c.body(null, 204);
+    // A request holding a slot is told through its watch; one waiting in the queue leaves it.
+    await departuresStub(c.env.DEPARTURES).report(id);
+    if (config.routes.some((route) => route.max_in_flight !== undefined)) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
     return c.body(null, 204);
   });
   // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
@@ -254,11 +258,15 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
         ),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
+    // The edge's word that the client left (workerd's own comes only when it writes): src/http/departures.ts.
+    if (c.var.peer.requestId) watchDeparture(departuresStub(c.env.DEPARTURES), c.var.peer.requestId, slot, (promise) => c.executionCtx.waitUntil(promise));
     // A generation request's body is read for metering, and a queued route's to know whether it streams.
     let bodyOverride: string | undefined;
     let plan: MeterPlan = { dropInjectedUsage: false };
     let streams = false;
-    const readsBody = metered || (queued && (c.req.header("content-type") ?? "").startsWith("application/json"));
+    // (Any JSON spelling, or none: a client that sends `"stream": true` must get its early 200.)
+    const contentType = (c.req.header("content-type") ?? "").toLowerCase();
+    const readsBody = metered || (queued && !webSocket && (contentType === "" || contentType.startsWith("application/json")));
     if (readsBody) {
       try {
         bodyOverride = await readBodyText(request, config.body_limit_bytes);
@@ -272,7 +280,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
 
     // 5. Forward; on a queued route, when its turn comes (issue 12).
     const run = (waitedMs: number | null) =>
-      respond(c, { request, forwardOptions: { ...forwardOptions, identity, bodyOverride }, slot, limits, state: admission.state, metered, plan, tally, waitedMs });
+      respond(c, { request, forwardOptions: { ...forwardOptions, identity, bodyOverride, cancel: slot.revoked }, slot, limits, state: admission.state, metered, plan, tally, waitedMs });
     if (!queued) return run(null);
     const scheduler = upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER);
     // The edge's id for the request, so that it can take it out of the queue if its client leaves.
@@ -341,7 +349,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       upstream = await forward(r.request, r.forwardOptions);
       slot.upstreamLatencyMs = Date.now() - started;
     } catch (error) {
-      void slot.end(error instanceof HTTPException ? error.status : 502);
+      void slot.end(slot.departed ? 0 : error instanceof HTTPException ? error.status : 502);
       throw error;
     }
     const headers = new Headers(upstream.headers);

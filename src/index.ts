@@ -12,6 +12,7 @@ import { sweepExpiredTokens } from "./auth/sweep";
 export { UserQuota } from "./quota/user-quota";
 export { AuthThrottle } from "./auth/failed-auth-throttle";
 export { UpstreamScheduler } from "./queue/upstream-scheduler";
+export { Departures } from "./http/departures";
 
 /** One parsed config per isolate (the env object is stable for an isolate's lifetime). */
 const configs = new WeakMap<object, GatewayConfig>();

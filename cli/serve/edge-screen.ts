@@ -87,10 +87,16 @@ export function screenRequest(request: IncomingMessage, policy: ScreenPolicy): E
   return undefined;
 }
 
+/** The path as the core will route it (decoded and normalised once, as src/shared/path.ts does), or null. */
+export function routedPath(request: IncomingMessage): string | null {
+  const normalized = normalizePath(splitRequestTarget(`http://edge${request.url ?? "/"}`).rawPath);
+  return normalized.ok ? normalized.path : null;
+}
+
 /** The route a request would take (the core decides again; the edge only needs to know WebSocket routes). */
 export function routeOf(request: IncomingMessage, routes: readonly RouteConfig[]): RouteConfig | undefined {
-  const normalized = normalizePath(splitRequestTarget(`http://edge${request.url ?? "/"}`).rawPath);
-  return normalized.ok ? matchRoute(routes, normalized.path, request.headers.host ?? null) : undefined;
+  const path = routedPath(request);
+  return path === null ? undefined : matchRoute(routes, path, request.headers.host ?? null);
 }
 
 /** Only a GET asking for `Upgrade: websocket` on a WebSocket route (a ws:// or wss:// upstream) is upgraded. */

@@ -27,7 +27,7 @@ import { randomUUID } from "node:crypto";
 import { ABANDONED_PATH, EDGE_CLIENT_HEADER, EDGE_REQUEST_HEADER, EDGE_SECRET_HEADER, EDGE_TLS_HEADER, isInternalHeader } from "../../src/shared/edge-protocol";
 import { canonicalName, HOP_BY_HOP } from "../../src/shared/header-allowlist";
 import { refusalJson, refusals } from "../../src/shared/refusals";
-import { declaredBody, isWebSocketUpgrade, routeOf, screenRequest, type EdgeRefusal } from "./edge-screen";
+import { declaredBody, isWebSocketUpgrade, routedPath, routeOf, screenRequest, type EdgeRefusal } from "./edge-screen";
 import { carriesCredentials, type MeshResolver } from "./mesh-identity";
 
 /** Bounds on what one client can hold (issue 7: 520 slow uploads from one peer stopped the gateway). */
@@ -253,8 +253,8 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       request.resume();
       return;
     }
-    // The edge's own message to the core; a client has no business there.
-    if (request.url!.split("?")[0] === ABANDONED_PATH) {
+    // The edge's own message to the core; a client has no business there, under any spelling.
+    if (routedPath(request) === ABANDONED_PATH) {
       sendRefusal(response, refusals.notFound());
       request.resume();
       return;
@@ -276,6 +276,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
       active--;
       entry.inFlight--;
       if (entry.connections === 0 && entry.inFlight === 0) peers.delete(address);
+      socket.off("close", closed);
     };
 
     const body = declaredBody(request);
@@ -293,15 +294,33 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
     let controller: Dispatcher.DispatchController | undefined;
     let responded = false;
     // A client that goes away mid-request or mid-stream cancels the core request (and so the upstream).
-    response.once("close", () => {
+    const closed = () => {
+      if (done) return;
       if (body.present) bodyReceived();
-      if (!response.writableFinished) controller?.abort(new Error("client closed"));
-      // Gone before its response ended: the core is told, as it is not by the closed connection
-      // until it next writes (src/shared/edge-protocol.ts); a request waiting in the fair queue —
-      // a streaming one has its 200 already — gives its place up at once.
-      if (controller && !upgradeSocket) abandoned(requestId);
+      if (!response.writableFinished) {
+        controller?.abort(new Error("client closed"));
+        // Gone before its response ended: the core is told, as it is not by the closed connection
+        // until it next writes (src/shared/edge-protocol.ts) — a request waiting in the fair queue
+        // (a streaming one has its 200 already, a WebSocket not yet its 101) gives its place up at
+        // once, and one holding a slot gives it back and cancels its upstream.
+        if (controller && !(upgradeSocket && responded)) abandoned(requestId);
+      }
       finish();
-    });
+    };
+    response.once("close", closed);
+    // A pipelined request queued behind another has no response on the socket yet, and its
+    // response's "close" never comes when the connection drops (measured, issue 12's attack: its
+    // place in the queue and its in-flight count were kept for good).
+    socket.once("close", closed);
+    // A WebSocket handshake's socket is the HTTP server's no more: a client that leaves half-closes
+    // it ("end"), and "close" would come only when the edge ends its side.
+    if (upgradeSocket) {
+      upgradeSocket.socket.once("end", () => {
+        if (responded) return;
+        closed();
+        upgradeSocket.socket.destroy();
+      });
+    }
 
     const dispatch = (attempt: number) => {
       const handler: Dispatcher.DispatchHandler = {

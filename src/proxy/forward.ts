@@ -17,6 +17,8 @@ export interface ForwardOptions {
   bodyLimitBytes: number;
   /** A body already read and rewritten by the gateway (metered endpoints), sent instead of the client's. */
   bodyOverride?: string | undefined;
+  /** Cancels the upstream request: the token was revoked, or the client is gone (src/quota/slot.ts). */
+  cancel?: AbortSignal;
 }
 
 class BodyTooLarge extends Error {}
@@ -36,6 +38,7 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   }
   // A client that goes away aborts the upstream request too (needs the enable_request_signal flag).
   request.signal?.addEventListener("abort", () => controller.abort(request.signal.reason), { once: true });
+  options.cancel?.addEventListener("abort", () => controller.abort(options.cancel!.reason), { once: true });
   const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
   // Replayable: nothing to send, or a body the gateway holds (issue 9: llama-server advertises
   // keep-alive and then closes the connection after a streamed reply, so the next request on that

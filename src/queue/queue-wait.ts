@@ -109,6 +109,7 @@ export function queuedEventStream(options: QueuedStreamOptions): ReadableStream<
   const writer = writable.getWriter();
   // The client is gone when the request says so, or when its stream is cancelled (the runtime does
   // that when the connection closes, after the response started): either way it leaves the queue.
+  // Writes are never awaited: a departed client never reads, and the task would hang on one.
   const gone = new AbortController();
   options.signal?.addEventListener("abort", () => gone.abort(options.signal!.reason), { once: true });
   writer.closed.catch(() => gone.abort(new Error("the client went away")));
@@ -126,16 +127,16 @@ export function queuedEventStream(options: QueuedStreamOptions): ReadableStream<
       });
       if (outcome.kind !== "granted") {
         options.refused(outcome);
-        if (outcome.kind !== "left") await errorEvent(queueRefusal(outcome, options.route));
-        return close();
+        if (outcome.kind !== "left") void errorEvent(queueRefusal(outcome, options.route));
+        return void close();
       }
-      await write(`: queue wait_ms=${outcome.waitedMs}\n\n`);
+      void write(`: queue wait_ms=${outcome.waitedMs}\n\n`);
       let response: Response;
       try {
         response = await options.run(outcome);
       } catch (error) {
-        await errorEvent(error instanceof Refused ? error.refusal : refusals.upstreamUnavailable());
-        return close();
+        void errorEvent(error instanceof Refused ? error.refusal : refusals.upstreamUnavailable());
+        return void close();
       }
       if (response.ok && response.body && (response.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
         writer.releaseLock();
@@ -143,8 +144,8 @@ export function queuedEventStream(options: QueuedStreamOptions): ReadableStream<
       }
       // Not a stream (the upstream refused the request, say): its error, as the stream's last event.
       const text = await response.text().catch(() => "");
-      await write(`data: ${upstreamErrorJson(text, response.status)}\n\n`);
-      return close();
+      void write(`data: ${upstreamErrorJson(text, response.status)}\n\n`);
+      return void close();
     })(),
   );
   return readable;

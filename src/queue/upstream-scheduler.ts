@@ -211,7 +211,10 @@ export class UpstreamScheduler extends DurableObject<Env> {
     const routes: QueueSnapshot["routes"] = {};
     for (const [name, route] of this.routes) routes[name] = { inFlight: route.inFlight, maxInFlight: route.maxInFlight, queued: route.queue.size };
     const users: QueueSnapshot["users"] = {};
-    for (const [user, stats] of this.stats) users[user] = { ...stats, inFlight: this.inFlightOf(user) };
+    // Every user with a request running or a wait behind it (one granted at once has no stats yet).
+    for (const user of new Set([...this.stats.keys(), ...[...this.leases.values()].map((lease) => lease.user)])) {
+      users[user] = { ...(this.stats.get(user) ?? emptyStats()), inFlight: this.inFlightOf(user) };
+    }
     return { routes, users };
   }
 

@@ -34,8 +34,17 @@ export interface Slot {
   upstreamLatencyMs: number | null;
   /** Renewed and released with this slot from now on (released at once if the slot has ended). */
   attach(lease: AttachedLease): void;
-  /** Aborted when a renewal finds the token revoked or expired: close the stream or socket. */
+  /**
+   * Aborted when a renewal finds the token revoked or expired, or when the client is reported gone
+   * (`depart`): cancel the upstream, close the stream or socket.
+   */
   readonly revoked: AbortSignal;
+  /** The client is gone (src/http/departures.ts): the upstream is cancelled and the slot ends as abandoned. */
+  depart(): void;
+  /** Whether the slot was ended because the client left (`depart`). */
+  readonly departed: boolean;
+  /** Resolves with the final status once `end` has been called. */
+  readonly ended: Promise<number>;
   /** Ends the slot (the first call counts); resolves when the release has been recorded. */
   end(status: number): Promise<void>;
 }
@@ -64,9 +73,21 @@ export function holdSlot(options: SlotOptions): Slot {
     );
   }, Math.min(options.leaseMs / 3, MAX_RENEWAL_INTERVAL_MS));
   let ended = false;
+  let departed = false;
+  let markEnded: (status: number) => void = () => {};
+  const endedPromise = new Promise<number>((resolve) => (markEnded = resolve));
   const slot: Slot = {
+    ended: endedPromise,
     upstreamLatencyMs: null,
     revoked: revocation.signal,
+    get departed() {
+      return departed;
+    },
+    depart() {
+      if (ended || departed) return;
+      departed = true;
+      revocation.abort(new Error("the client went away"));
+    },
     attach(lease) {
       if (ended) return void options.waitUntil(lease.release().catch(() => {}));
       attached = lease;
@@ -74,6 +95,7 @@ export function holdSlot(options: SlotOptions): Slot {
     end(status) {
       if (ended) return Promise.resolve();
       ended = true;
+      markEnded(status);
       clearInterval(renewal);
       const outcome = { status, tokens: chargeableTokens(options.tally), upstreamLatencyMs: slot.upstreamLatencyMs };
       const released = options.quota.release(options.token.handle, options.leaseId, outcome, options.now(), options.timezone).catch((error: unknown) => {
@@ -114,7 +136,7 @@ export function watchBody(
   status: number,
   context: { signal: AbortSignal | undefined; waitUntil: (promise: Promise<unknown>) => void; sse: boolean },
 ): ReadableStream<Uint8Array> {
-  const clientGone = () => context.signal?.aborted === true;
+  const clientGone = () => context.signal?.aborted === true || slot.departed;
   if (!context.sse) {
     const { readable, writable } = new IdentityTransformStream();
     // The pipe outlives the handler's return: the context is kept until it (and the release) is done.
@@ -130,7 +152,15 @@ export function watchBody(
   let released: (value: Promise<void>) => void = () => {};
   context.waitUntil(new Promise<void>((resolve) => (released = (value) => void value.then(resolve))));
   const finish = (finalStatus: number) => released(slot.end(finalStatus));
-  slot.revoked.addEventListener("abort", () => void reader.cancel(slot.revoked.reason).catch(() => {}), { once: true });
+  slot.revoked.addEventListener(
+    "abort",
+    () => {
+      void reader.cancel(slot.revoked.reason).catch(() => {});
+      // A departed client will never pull again (it may never have): the slot ends now.
+      if (slot.departed) finish(0);
+    },
+    { once: true },
+  );
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {

@@ -65,11 +65,13 @@ beforeAll(async () => {
           }, SERVICE_MS / 4);
         }, HEAD_DELAY_MS);
       } else {
+        // `?hold=ms`: a long job, for the requests that keep a route busy while others queue.
+        const hold = Number(new URL(request.url ?? "/", "http://upstream").searchParams.get("hold") ?? SERVICE_MS);
         setTimeout(() => {
           if (response.destroyed) return;
           const json = JSON.stringify({ object: "chat.completion", choices: [{ index: 0, message: { role: "assistant", content: "x" }, finish_reason: "stop" }] });
           response.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(json) }).end(json);
-        }, SERVICE_MS);
+        }, hold);
       }
     });
   });
@@ -88,7 +90,7 @@ beforeAll(async () => {
   ];
   gateway = await startServe({ config: testWranglerConfig(upstreamPort, { routes, max_users: 20, default_scopes: ["forge"] }), env: { HALO_GATE_SHUTDOWN_GRACE_MS: "3000" } });
   port = Number(new URL(gateway.url).port);
-  for (const handle of ["holder", "attacker", "victim", "other"]) {
+  for (const handle of ["holder", "victim", "other", "leaker", "piper", "socketeer", "fresh"]) {
     tokens[handle] = (await inviteJson(gateway.stateDir, handle, ["--scopes", ROUTES.join(","), "--streams", "1", "--rps", "1000", "--burst", "1000"])).token;
   }
 }, 120_000);
@@ -107,11 +109,11 @@ interface Answer {
 }
 
 /** A POST on a fresh connection; status 0 when the client gave up or was cut. */
-function post(path: string, user: string, options: { stream?: boolean; signal?: AbortSignal; localAddress?: string } = {}): Promise<Answer> {
+function post(path: string, user: string, options: { stream?: boolean; signal?: AbortSignal; localAddress?: string; query?: string } = {}): Promise<Answer> {
   const started = Date.now();
   return new Promise((resolve) => {
     const call = httpRequest(
-      `${gateway.url}${path}`,
+      `${gateway.url}${path}${options.query ?? ""}`,
       { method: "POST", agent: false, signal: options.signal, localAddress: options.localAddress, headers: { ...bearer(tokens[user]!), "content-type": "application/json" } },
       (response) => {
         let text = "";
@@ -151,7 +153,7 @@ describe("the edge's /_halo/abandoned and x-halo-edge-request", () => {
   });
 
   it("a forged request id (any spelling) does not take a queued request out of the queue", async () => {
-    const holder = chat("forge", "holder");
+    const holder = chat("forge", "holder", { query: "?hold=3000" });
     await running("forge", "holder");
     const id = "11111111-2222-3333-4444-555555555555";
     const forged = [`X-Halo-Edge-Request: ${id}`, `X_HALO_EDGE_REQUEST: ${id}`, `x-halo-edge-request: ${id}\r\nx-halo-edge-request: ${id}`, `x-halo-edge-request:${id}\r\nConnection: x-halo-edge-request`];
@@ -167,29 +169,29 @@ describe("the edge's /_halo/abandoned and x-halo-edge-request", () => {
 describe("clients that leave", () => {
   it("a streaming request whose client leaves before its response starts gives the upstream slot back", async () => {
     const abort = new AbortController();
-    const leaving = chat("leak", "attacker", { stream: true, signal: abort.signal });
+    const leaving = chat("leak", "leaker", { stream: true, signal: abort.signal });
     // Granted at once, forwarded; the client leaves while the upstream prepares its answer.
-    await running("leak", "attacker");
+    await running("leak", "leaker");
     abort.abort();
     expect((await leaving).status).toBe(0);
-    await expect.poll(() => seen.find((entry) => entry.route === "leak" && entry.user === "attacker")?.outcome, { timeout: 3_000 }).not.toBe("running");
+    await expect.poll(() => seen.find((entry) => entry.route === "leak" && entry.user === "leaker")?.outcome, { timeout: 3_000 }).not.toBe("running");
     await expectFree("leak");
-    expect((await me("attacker")).in_flight).toBe(0);
+    expect((await me("leaker")).in_flight).toBe(0);
   }, 20_000);
 
   it("pipelined requests queued behind one another leave the queue when their connection drops, and never reach the upstream", async () => {
-    const holder = chat("pipe", "holder");
+    const holder = chat("pipe", "holder", { query: "?hold=3000" });
     await running("pipe", "holder");
-    const one = `POST /pipe/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${tokens.attacker}\r\nContent-Type: application/json\r\nContent-Length: ${body().length}\r\n\r\n${body()}`;
+    const one = `POST /pipe/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${tokens.piper}\r\nContent-Type: application/json\r\nContent-Length: ${body().length}\r\n\r\n${body()}`;
     const socket = connect({ port, host: "127.0.0.1", localAddress: "127.0.0.9" });
     socket.on("error", () => {});
     socket.write(one.repeat(3));
-    await expect.poll(async () => (await me("attacker")).queue.queued, { timeout: 3_000 }).toBe(3);
+    await expect.poll(async () => (await me("piper")).queue.queued, { timeout: 3_000 }).toBe(3);
     socket.destroy();
-    await expect.poll(async () => (await me("attacker")).queue.queued, { timeout: 1_000, interval: 50 }).toBe(0);
+    await expect.poll(async () => (await me("piper")).queue.queued, { timeout: 1_000, interval: 50 }).toBe(0);
     expect((await holder).status).toBe(200);
-    await sleep(SERVICE_MS + 200);
-    expect(seen.filter((entry) => entry.route === "pipe" && entry.user === "attacker")).toEqual([]);
+    await sleep(SERVICE_MS + 500);
+    expect(seen.filter((entry) => entry.route === "pipe" && entry.user === "piper")).toEqual([]);
     await expectFree("pipe");
     // The edge no longer counts them against the peer: it can have its 32 requests in flight again.
     expect(await peerRefusals("127.0.0.9", 32)).toBe(0);
@@ -203,10 +205,10 @@ describe("clients that leave", () => {
     });
     const socket = connect({ port, host: "127.0.0.1" });
     socket.on("error", () => {});
-    socket.write(`GET /ws/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${tokens.attacker}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-    await expect.poll(async () => (await me("attacker")).queue.queued, { timeout: 3_000 }).toBe(1);
+    socket.write(`GET /ws/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${tokens.socketeer}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    await expect.poll(async () => (await me("socketeer")).queue.queued, { timeout: 3_000 }).toBe(1);
     socket.destroy();
-    await expect.poll(async () => (await me("attacker")).queue.queued, { timeout: 1_000, interval: 50 }).toBe(0);
+    await expect.poll(async () => (await me("socketeer")).queue.queued, { timeout: 1_000, interval: 50 }).toBe(0);
     holder.close();
     await sleep(500);
     // Nobody opened an upstream socket for the client that left.
@@ -215,10 +217,10 @@ describe("clients that leave", () => {
 });
 
 describe("/api/me on a queued route", () => {
-  it("counts a request granted at once in in_flight", async () => {
-    const call = chat("me", "victim");
-    await running("me", "victim");
-    expect((await me("victim")).in_flight).toBe(1);
+  it("counts a request granted at once in in_flight (a user that never waited since serve started)", async () => {
+    const call = chat("me", "fresh");
+    await running("me", "fresh");
+    expect((await me("fresh")).in_flight).toBe(1);
     expect((await call).status).toBe(200);
   }, 20_000);
 });
