@@ -21,9 +21,8 @@ export const EDGE_REQUEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}
  * away before its response ended. workerd does not tell the worker itself until it next writes to
  * that connection — measured: `request.signal` never fired while a request waited in the fair queue
  * (issue 12), which then kept its place and took its slot; a waiting stream's departure was seen only
- * at its next comment line. The core takes the request out of the queue. (Nothing else is done with
- * it: a worker cannot abort another request's I/O — measured, "Cannot perform I/O on behalf of a
- * different request" — so a non-streaming request already at its upstream runs to its end.)
+ * at its next comment line. The core takes the request out of the queue and reports it to the
+ * `Departures` object, through which a request holding a slot learns it (src/http/departures.ts).
  */
 export const ABANDONED_PATH = "/_halo/abandoned";
 
