@@ -10,7 +10,10 @@
  * until its client leaves or it ends (`watch`, resolved in the request's own context).
  *
  * Memory only, and small: a watch lives as long as its request; a report waits at most
- * REPORT_MEMORY_MS for the watch it may have overtaken.
+ * REPORT_MEMORY_MS for the watch it may have overtaken. What the watch costs a slot-holding request
+ * (its `watch` and `ended` calls; reads hold no slot and skip it): +0.24 to +0.34 ms at the median,
+ * about +1 ms at p95 — metered non-streaming POSTs through `serve`, c=1, interleaved against the
+ * commit before, three runs of 1,000 pairs on the 2-core dev machine (5.1–5.5 ms → 5.4–5.7 ms).
  */
 import { DurableObject } from "cloudflare:workers";
 
