@@ -67,9 +67,9 @@ interface Answer {
 }
 
 /** One request from a device (the local address it binds), on a fresh connection. */
-function send(gateway: Serve, path: string, from: string, options: { token?: string; method?: string; body?: string } = {}): Promise<Answer> {
+function send(gateway: Serve, path: string, from: string, options: { token?: string; method?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { ...(options.token ? { authorization: `Bearer ${options.token}` } : {}), ...(options.body ? { "content-type": "application/json" } : {}) };
+    const headers: Record<string, string> = { ...options.headers, ...(options.token ? { authorization: `Bearer ${options.token}` } : {}), ...(options.body ? { "content-type": "application/json" } : {}) };
     const call = httpRequest(`${gateway.url}${path}`, { method: options.method ?? "GET", localAddress: from, agent: false, headers }, (response) => {
       let body = "";
       response.setEncoding("utf8");
@@ -175,6 +175,19 @@ describe('mesh.identity = "enforce"', () => {
     expect(refused.find((event) => event.client === STRANGER)).toMatchObject({ detail: { mesh: "unknown" } });
     const usage = JSON.parse((await cli(["usage", "--json", "--state", enforce.stateDir])).stdout) as { users: Array<{ handle: string; mesh: { refused: number } }> };
     expect(usage.users.find((user) => user.handle === "alice")?.mesh.refused).toBeGreaterThanOrEqual(5);
+  });
+
+  it("a client cannot say whose device it is: its own x-halo-mesh* headers, in any spelling, are dropped", async () => {
+    const forged: Array<Record<string, string>> = [
+      { "x-halo-mesh": "loopback" },
+      { "X-Halo-Mesh": "user", "X-Halo-Mesh-User": "1", "X-Halo-Mesh-Node": "alice-laptop" },
+      { x_halo_mesh: "loopback" },
+    ];
+    for (const headers of forged) {
+      const refused = await send(enforce, "/v2/v1/models", BOB, { token: tokens.enforce!.alice, headers });
+      expect(refused.status, JSON.stringify(headers)).toBe(403);
+      expect(errorCode(refused)).toBe("mesh_mismatch");
+    }
   });
 
   it("tailscaled down: 503 with Retry-After (fail-closed), and back to normal once it answers again", async () => {
