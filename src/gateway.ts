@@ -16,14 +16,14 @@ import type { GatewayConfig, RouteConfig, UserLimits } from "./shared/config";
 import { edgeGuard, UNKNOWN_CLIENT, type Peer, type PeerVariables } from "./http/client-address";
 import { departuresStub, watchDeparture } from "./http/departures";
 import { meshAuditReason, meshCheck, type MeshVerdict } from "./shared/mesh-identity";
-import { answerError, errors, Refused } from "./http/errors";
+import { answerError, errors } from "./http/errors";
 import { AUTH_KINDS, presentedCredential, type Credential } from "./shared/auth-kinds";
 import { ABANDONED_PATH } from "./shared/edge-protocol";
 import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/connect";
 import { requestGuard, type GuardVariables } from "./http/request-guard";
 import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, requestsStream, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText, type ForwardOptions } from "./proxy/forward";
-import { awaitTurn, QUEUE_WAIT_HEADER, queuedEventStream, queueRefusal, queueSnapshot, queueUsage, upstreamLease, upstreamSchedulerStub, type Entered, type QueueOutcome } from "./queue/queue-wait";
+import { QUEUE_WAIT_HEADER, queueSnapshot, queueUsage, takeTurn, upstreamSchedulerStub } from "./queue/queue-wait";
 import { matchRoute } from "./shared/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
@@ -282,59 +282,25 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     const run = (waitedMs: number | null) =>
       respond(c, { request, forwardOptions: { ...forwardOptions, identity, bodyOverride, cancel: slot.revoked }, slot, limits, state: admission.state, metered, plan, tally, waitedMs });
     if (!queued) return run(null);
-    const scheduler = upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER);
-    // The edge's id for the request, so that it can take it out of the queue if its client leaves.
-    const id = c.var.peer.requestId ?? crypto.randomUUID();
-    const slotRequest = {
-      id,
-      route: route.name,
-      maxInFlight: route.max_in_flight!,
-      user: token.handle,
-      cap: config.quotas ? limits.streams : Infinity,
-      leaseMs: config.quota_lease_ms,
-      timeoutMs: route.queue_timeout_ms ?? config.queue_timeout_ms,
-    };
-    let entered: Entered;
-    try {
-      entered = await scheduler.enter(slotRequest);
-    } catch (error) {
-      queueEnd = "unavailable";
-      void slot.end(503);
-      console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
-      throw errors.queueUnavailable();
-    }
-    if (entered.kind === "granted") {
-      slot.attach(upstreamLease(scheduler, entered.leaseId));
-      return run(0);
-    }
-    const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => {
-      queueEnd = outcome.kind;
-      void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
-    };
-    if (streams) {
-      // A stream that waits is answered at once, and told where it stands (src/queue/queue-wait.ts).
-      const body = queuedEventStream({
-        scheduler,
-        id,
+    return takeTurn({
+      scheduler: upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER),
+      // The edge's id for the request, so that it can take it out of the queue if its client leaves.
+      request: {
+        id: c.var.peer.requestId ?? crypto.randomUUID(),
         route: route.name,
-        position: entered.position,
-        signal: request.signal,
-        waitUntil: (promise) => c.executionCtx.waitUntil(promise),
-        refused,
-        run: (granted) => {
-          slot.attach(upstreamLease(scheduler, granted.leaseId));
-          return run(granted.waitedMs);
-        },
-      });
-      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", [QUEUE_WAIT_HEADER]: "queued" } });
-    }
-    const outcome = await awaitTurn(scheduler, id, request.signal);
-    if (outcome.kind !== "granted") {
-      refused(outcome);
-      throw new Refused(queueRefusal(outcome, route.name), { [QUEUE_WAIT_HEADER]: String(outcome.waitedMs) });
-    }
-    slot.attach(upstreamLease(scheduler, outcome.leaseId));
-    return run(outcome.waitedMs);
+        maxInFlight: route.max_in_flight!,
+        user: token.handle,
+        cap: config.quotas ? limits.streams : Infinity,
+        leaseMs: config.quota_lease_ms,
+        timeoutMs: route.queue_timeout_ms ?? config.queue_timeout_ms,
+      },
+      slot,
+      streams,
+      signal: request.signal,
+      waitUntil: (promise) => c.executionCtx.waitUntil(promise),
+      run,
+      onRefused: (kind) => (queueEnd = kind),
+    });
   }
 
   /**

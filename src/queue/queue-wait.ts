@@ -4,11 +4,13 @@
  * lines say where it stands until its turn comes and the upstream's stream follows.
  */
 import { refusalJson, refusals, type Refusal } from "../shared/refusals";
-import { Refused } from "../http/errors";
-import type { AttachedLease } from "../quota/slot";
+import { errors, Refused } from "../http/errors";
+import type { AttachedLease, Slot } from "../quota/slot";
 import type { GatewayConfig } from "../shared/config";
 import type { QueueUsage } from "../shared/admin-wire";
 import type { QueueSnapshot, UpstreamScheduler, Waited } from "./upstream-scheduler";
+
+import type { SlotRequest } from "./upstream-scheduler";
 
 export type { Entered, SlotRequest } from "./upstream-scheduler";
 
@@ -160,4 +162,67 @@ function upstreamErrorJson(text: string, status: number): string {
     // not JSON: described below
   }
   return refusalJson({ type: "upstream_error", code: "upstream_error", message: `The compute service answered ${status} instead of a stream.` });
+}
+
+export interface TurnOptions {
+  scheduler: SchedulerStub;
+  request: SlotRequest;
+  /** The user's slot (its lease is renewed while the request waits, and ended if it never runs). */
+  slot: Pick<Slot, "attach" | "end">;
+  /** The request asked for a streamed answer (`"stream": true`). */
+  streams: boolean;
+  signal: AbortSignal | undefined;
+  waitUntil: (promise: Promise<unknown>) => void;
+  /** Forward it, its wait so far given (0: granted at once). */
+  run: (waitedMs: number) => Promise<Response>;
+  /** Its wait ended without a slot (for the audit row); the slot is ended here. */
+  onRefused: (kind: Exclude<QueueOutcome, { kind: "granted" }>["kind"]) => void;
+}
+
+/**
+ * A request on a queued route (issue 12): granted at once, or it waits its turn — a stream answered
+ * at once and told where it stands, anything else held until its turn, its timeout or its client's
+ * departure — and then runs with the upstream slot attached to the user's.
+ */
+export async function takeTurn(options: TurnOptions): Promise<Response> {
+  const { scheduler, request, slot } = options;
+  const refused = (outcome: Exclude<QueueOutcome, { kind: "granted" }>) => {
+    options.onRefused(outcome.kind);
+    void slot.end(outcome.kind === "left" ? 0 : outcome.kind === "timeout" ? 429 : 503);
+  };
+  let entered;
+  try {
+    entered = await scheduler.enter(request);
+  } catch (error) {
+    console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
+    refused({ kind: "unavailable", waitedMs: 0 });
+    throw errors.queueUnavailable();
+  }
+  if (entered.kind === "granted") {
+    slot.attach(upstreamLease(scheduler, entered.leaseId));
+    return options.run(0);
+  }
+  if (options.streams) {
+    const body = queuedEventStream({
+      scheduler,
+      id: request.id,
+      route: request.route,
+      position: entered.position,
+      signal: options.signal,
+      waitUntil: options.waitUntil,
+      refused,
+      run: (granted) => {
+        slot.attach(upstreamLease(scheduler, granted.leaseId));
+        return options.run(granted.waitedMs);
+      },
+    });
+    return new Response(body, { status: 200, headers: { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", [QUEUE_WAIT_HEADER]: "queued" } });
+  }
+  const outcome = await awaitTurn(scheduler, request.id, options.signal);
+  if (outcome.kind !== "granted") {
+    refused(outcome);
+    throw new Refused(queueRefusal(outcome, request.route), { [QUEUE_WAIT_HEADER]: String(outcome.waitedMs) });
+  }
+  slot.attach(upstreamLease(scheduler, outcome.leaseId));
+  return options.run(outcome.waitedMs);
 }
