@@ -132,28 +132,8 @@ export interface AuditEvent {
   count: number;
 }
 
-export interface ListedUser {
-  handle: string;
-  status: string;
-  token_id: string;
-  token_hint: string;
-  scopes: string[];
-  issued_at: string;
-  expires_at: string;
-  revoked_at: string | null;
-  limits: Record<string, number>;
-  tokens_today: number;
-}
-
-export interface UserUsage {
-  handle: string;
-  status: string;
-  tokens_today: number;
-  in_flight: number;
-  day: string;
-  requests: Record<string, number>;
-  refused: Record<string, number>;
-}
+/** What `list --json` and `usage --json` print: the admin API's own shapes. */
+export type { ListedUser, UserUsage } from "../../src/shared/admin-wire.ts";
 
 /** workerd pids serve recorded in its state dir (serve.json), with their /proc start times. */
 export function recordedWorkerd(stateDir: string): Array<{ pid: number; start: string }> {
