@@ -101,7 +101,8 @@ export interface QueuedStreamOptions {
 
 /**
  * A streaming request that has to wait is answered at once with `200 text/event-stream`: comment
- * lines `: queued position=N` (the first at once, then every POSITION_EVERY_MS) until its turn, then
+ * lines `: queued position=N` (the first at once, then when it moves and at least every
+ * POSITION_EVERY_MS) until its turn, then
  * `: queue wait_ms=N` (its headers left before the wait ended, so the wait is told here) and the
  * upstream's own stream. A wait that times out, or an upstream that answers with an error instead of
  * a stream, ends the stream with an OpenAI-style `data: {"error": …}` event, which the SDKs raise.

@@ -168,13 +168,6 @@ export class UpstreamScheduler extends DurableObject<Env> {
     return answer;
   }
 
-  /** Where a waiting request stands (1: next), or null when it no longer waits. */
-  async position(id: string): Promise<number | null> {
-    const waiter = this.waiting.get(id);
-    if (!waiter) return null;
-    return this.routes.get(waiter.request.route)?.queue.position(waiter) ?? null;
-  }
-
   /** The client of a waiting request went away: out of the queue at once, charged nothing. */
   async leave(id: string): Promise<void> {
     const waiter = this.waiting.get(id);
