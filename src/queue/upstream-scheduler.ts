@@ -257,9 +257,9 @@ export class UpstreamScheduler extends DurableObject<Env> {
     if (!route?.queue.remove(waiter)) return false;
     const waitedMs = Date.now() - waiter.enqueuedAt;
     if (kind === "timeout") this.statsOf(waiter.user).timeouts++;
+    // (No pump: a wait that ends frees no slot and no cap, so it makes no one else grantable; and a
+    // drain that pumped between two waiters could grant the second instead of answering it.)
     this.settle(waiter, { kind, waitedMs });
-    // A leaver's place is gone: the ones behind it may now be first.
-    this.pump();
     return true;
   }
 
