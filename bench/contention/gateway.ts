@@ -4,11 +4,9 @@
  * and the admin CLI are started through bench/soak/gateway.ts (bench/lib/processes.ts underneath),
  * so a normal end, an error and Ctrl-C all end them.
  */
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { parse, stringify } from "smol-toml";
+import { writeWranglerCopy } from "../../test/support/wrangler-copy.ts";
 import { tempDir } from "../lib/processes.ts";
-import { cliJson, ROOT, startServe, type Serve } from "../soak/gateway.ts";
+import { cliJson, startServe, type Serve } from "../soak/gateway.ts";
 
 export interface UserPlan {
   handle: string;
@@ -26,19 +24,15 @@ export type RateLimits = { rps: number; burst: number } | null;
  * changes — `queue_timeout` keeps its default, and the other routes keep their (unused) upstreams.
  */
 export function contentionConfig(upstreamPort: number, maxInFlight: number | null): string {
-  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> } };
-  const halo = toml.vars.HALO_CONFIG;
-  let found = false;
-  halo.routes = (halo.routes as Array<Record<string, unknown>>).map((route) => {
-    if (route.name !== "v2") return route;
-    found = true;
-    return { ...route, upstream: `http://127.0.0.1:${upstreamPort}`, ...(maxInFlight === null ? {} : { max_in_flight: maxInFlight }) };
+  return writeWranglerCopy(tempDir("halo-gate-contention-config-"), (halo) => {
+    let found = false;
+    halo.routes = halo.routes.map((route) => {
+      if (route.name !== "v2") return route;
+      found = true;
+      return { ...route, upstream: `http://127.0.0.1:${upstreamPort}`, ...(maxInFlight === null ? {} : { max_in_flight: maxInFlight }) };
+    });
+    if (!found) throw new Error("wrangler.toml has no v2 route to point at the slotted upstream");
   });
-  if (!found) throw new Error("wrangler.toml has no v2 route to point at the slotted upstream");
-  toml.main = join(ROOT, "src/index.ts");
-  const path = join(tempDir("halo-gate-contention-config-"), "wrangler.toml");
-  writeFileSync(path, stringify(toml));
-  return path;
 }
 
 /** Serve on a fresh state dir with `config`; rejects (with serve's output in the message) if it exits before listening. */

@@ -6,10 +6,10 @@
  * that outlives its parent — the workerd of a `kill -9`'d serve — is tracked here by pid and start
  * time and ended too if still there.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parse, stringify } from "smol-toml";
+import { writeWranglerCopy } from "../../test/support/wrangler-copy.ts";
 import { spawnManaged, tempDir, treeRss, type Managed, type ProcessRss } from "../lib/processes.ts";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -50,16 +50,10 @@ export async function startUpstream(port: number, log: string): Promise<Upstream
 
 /** A wrangler.toml copy: the v2 route at the soak's upstream, a short upstream timeout. */
 export function soakConfig(upstreamPort: number, overrides: Record<string, unknown>): string {
-  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> } };
-  const halo = toml.vars.HALO_CONFIG;
-  halo.routes = (halo.routes as Array<Record<string, unknown>>).map((route) =>
-    route.name === "v2" ? { ...route, upstream: `http://127.0.0.1:${upstreamPort}` } : route,
-  );
-  Object.assign(halo, overrides);
-  toml.main = join(ROOT, "src/index.ts");
-  const path = join(tempDir("halo-gate-soak-config-"), "wrangler.toml");
-  writeFileSync(path, stringify(toml));
-  return path;
+  return writeWranglerCopy(tempDir("halo-gate-soak-config-"), (halo) => {
+    halo.routes = halo.routes.map((route) => (route.name === "v2" ? { ...route, upstream: `http://127.0.0.1:${upstreamPort}` } : route));
+    Object.assign(halo, overrides);
+  });
 }
 
 export interface Serve {

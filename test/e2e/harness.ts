@@ -3,11 +3,11 @@
  * loopback ports chosen by the kernel, and a wrangler.toml whose routes point at test upstreams.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parse, stringify } from "smol-toml";
+import { writeWranglerCopy } from "../support/wrangler-copy";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const BIN = join(ROOT, "bin/halo-gate.mjs");
@@ -16,17 +16,13 @@ export const tempDir = (prefix = "halo-gate-") => mkdtempSync(join(tmpdir(), pre
 
 /** A copy of wrangler.toml with every route's upstream moved to `upstreamPort` and config overrides. */
 export function testWranglerConfig(upstreamPort: number, overrides: Record<string, unknown> = {}, routeUpstreams: Record<string, string> = {}): string {
-  const toml = parse(readFileSync(join(ROOT, "wrangler.toml"), "utf8")) as Record<string, unknown> & { vars: { HALO_CONFIG: Record<string, unknown> } };
-  const halo = toml.vars.HALO_CONFIG;
-  halo.routes = (halo.routes as Array<Record<string, unknown>>).map((route) => ({
-    ...route,
-    upstream: routeUpstreams[String(route.name)] ?? String(route.upstream).replace(/^(\w+):\/\/127\.0\.0\.1:\d+/, `$1://127.0.0.1:${upstreamPort}`),
-  }));
-  Object.assign(halo, overrides);
-  toml.main = join(ROOT, "src/index.ts");
-  const path = join(tempDir("halo-gate-config-"), "wrangler.toml");
-  writeFileSync(path, stringify(toml));
-  return path;
+  return writeWranglerCopy(tempDir("halo-gate-config-"), (halo) => {
+    halo.routes = halo.routes.map((route) => ({
+      ...route,
+      upstream: routeUpstreams[String(route.name)] ?? String(route.upstream).replace(/^(\w+):\/\/127\.0\.0\.1:\d+/, `$1://127.0.0.1:${upstreamPort}`),
+    }));
+    Object.assign(halo, overrides);
+  });
 }
 
 export interface CliResult {
