@@ -355,6 +355,8 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
         onResponseStart(paused, statusCode, headers, statusMessage) {
           if (statusCode < 200) return; // 1xx from the core are its own business
           responded = true;
+          // A shutdown that began while this request was in the core: its answer closes the connection.
+          if (stopping) response.shouldKeepAlive = false;
           response.writeHead(statusCode, statusMessage, clientHeaders(headers));
           response.flushHeaders(); // SSE: the client sees the headers before the first event
           response.on("drain", () => paused.resume());
@@ -371,7 +373,7 @@ export async function startEdge(options: EdgeOptions): Promise<Edge> {
             dispatch(1); // the pooled connection was closed under us before any answer: replay once
             return;
           }
-          if (!responded) sendRefusal(response, refusals.coreUnavailable());
+          if (!responded) sendRefusal(response, refusals.coreUnavailable(), stopping);
           else response.destroy();
         },
       };
