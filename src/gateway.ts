@@ -23,7 +23,7 @@ import { CONNECT_CSS, CONNECT_HTML, CONNECT_JS, PAGE_HEADERS } from "./pages/con
 import { requestGuard, type GuardVariables } from "./http/request-guard";
 import { meteringStream, METERED_ENDPOINTS, planMeteredRequest, requestsStream, type MeterPlan, type UsageTally } from "./metering/usage";
 import { forward, readBodyText, type ForwardOptions } from "./proxy/forward";
-import { QUEUE_WAIT_HEADER, queueSnapshot, queueUsage, takeTurn, upstreamSchedulerStub } from "./queue/queue-wait";
+import { holdOutsideQueue, QUEUE_WAIT_HEADER, queueing, queueSnapshot, queueUsage, takeTurn, upstreamSchedulerStub } from "./queue/queue-wait";
 import { matchRoute } from "./shared/routes";
 import { DurableObjectQuota } from "./quota/durable-object-quota";
 import { quotaExceeded, quotaHeaders } from "./quota/headers";
@@ -83,6 +83,8 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
   const now = options.now ?? Date.now;
   const quotaFor = options.quota ?? ((env: Env) => new DurableObjectQuota(env.USER_QUOTA));
   const auditFlushMs = options.auditFlushMs ?? AUTH_AUDIT_FLUSH_MS;
+  // Some route has a fair queue (issue 12): its scheduler then counts every slot a user holds.
+  const hasQueues = queueing(config);
   const app = new Hono<GatewayEnv>();
 
   // First, before anything else runs: under serve, only what came through the edge is answered.
@@ -104,7 +106,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     if (!id) return c.body(null, 204);
     // A request holding a slot is told through its watch; one waiting in the queue leaves it.
     await departuresStub(c.env.DEPARTURES).report(id);
-    if (config.routes.some((route) => route.max_in_flight !== undefined)) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
+    if (hasQueues) await upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER).leave(id);
     return c.body(null, 204);
   });
   // Self-service (issue 9): any valid token learns who it is, what it may use and what is left.
@@ -221,10 +223,11 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     // reads (GET /v1/models, HEAD, OPTIONS) are governed by the rate bucket alone (issue 9).
     const webSocket = c.req.header("upgrade")?.toLowerCase() === "websocket";
     const holdsSlot = webSocket || SUBMITS_WORK.has(request.method);
-    // On a route with `max_in_flight`, work waits its turn in the fair queue instead (issue 12): the
-    // scheduler then counts the user's cap on the queued routes, so the user's object does not refuse it.
+    // On a route with `max_in_flight`, work waits its turn in the fair queue instead (issue 12). Once a
+    // route has a queue, its scheduler counts every slot a user holds (the `streams` cap is one number
+    // across routes), and the user's object counts none.
     const queued = route.max_in_flight !== undefined && holdsSlot;
-    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot: holdsSlot && !queued, enforce: config.quotas };
+    const admit = { defaults: config.limits, timezone: config.timezone, leaseMs: config.quota_lease_ms, metered, holdsSlot: holdsSlot && !hasQueues, enforce: config.quotas };
     const authorized = await authorizeRequest(c, { name: route.name, scope: route.scope }, credential, admit);
     const { token, quota, note } = authorized;
     // Asked to admit, the object always answers with an admission and the user's limits.
@@ -237,9 +240,9 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
 
     // 4. The slot is released and the tokens charged when the response ends, however it ends.
     const tally: UsageTally = { reported: null, deltas: 0 };
-    // A request that never reached the upstream because its wait in the queue ended (issue 12) is
-    // audited as a denial with that reason, like a quota refusal.
-    let queueEnd: string | null = null;
+    // A request that never reached the upstream because its wait in the queue ended, or its user was at
+    // the cap the scheduler counts (issue 12), is audited as a denial with that reason.
+    let denial: string | null = null;
     const slot = holdSlot({
       quota,
       token,
@@ -253,13 +256,27 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
         recordAuthDecision(
           c.env.DB,
           c.executionCtx,
-          queueEnd ? { at: now(), action: "deny", reason: `queue:${queueEnd}`, ...identity, status, ...audit, ...(note.detail ? { detail: note.detail } : {}) } : { at: now(), action: "allow", ...identity, status, ...audit, ...note },
+          denial ? { at: now(), action: "deny", reason: denial, ...identity, status, ...audit, ...(note.detail ? { detail: note.detail } : {}) } : { at: now(), action: "allow", ...identity, status, ...audit, ...note },
           auditFlushMs,
         ),
     });
     request.signal?.addEventListener("abort", () => void slot.end(0), { once: true });
     // The edge's word that the client left (workerd's own comes only when it writes): src/http/departures.ts.
     if (c.var.peer.requestId) watchDeparture(departuresStub(c.env.DEPARTURES), c.var.peer.requestId, slot, (promise) => c.executionCtx.waitUntil(promise));
+    // Work on a route without a queue, beside queued ones: the user's cap is counted in the scheduler.
+    if (holdsSlot && !queued && hasQueues && config.quotas) {
+      const lease = await holdOutsideQueue(upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER), { user: token.handle, cap: limits.streams, leaseMs: config.quota_lease_ms }).catch((error: unknown) => {
+        console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
+        void slot.end(503);
+        throw errors.quotaUnavailable();
+      });
+      if (!lease) {
+        denial = "quota:concurrency";
+        void slot.end(429);
+        throw quotaExceeded(token.handle, "concurrency", 1, limits, admission.state);
+      }
+      slot.attach(lease);
+    }
     // A generation request's body is read for metering, and a queued route's to know whether it streams.
     let bodyOverride: string | undefined;
     let plan: MeterPlan = { dropInjectedUsage: false };
@@ -299,7 +316,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       signal: request.signal,
       waitUntil: (promise) => c.executionCtx.waitUntil(promise),
       run,
-      onRefused: (kind) => (queueEnd = kind),
+      onRefused: (kind) => (denial = `queue:${kind}`),
     });
   }
 

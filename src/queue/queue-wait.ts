@@ -8,11 +8,14 @@ import { errors, Refused } from "../http/errors";
 import type { AttachedLease, Slot } from "../quota/slot";
 import type { GatewayConfig } from "../shared/config";
 import type { QueueUsage } from "../shared/admin-wire";
-import type { QueueSnapshot, UpstreamScheduler, Waited } from "./upstream-scheduler";
-
-import type { SlotRequest } from "./upstream-scheduler";
+import type { HoldRequest, QueueSnapshot, SlotRequest, UpstreamScheduler, Waited } from "./upstream-scheduler";
 
 export type { Entered, SlotRequest } from "./upstream-scheduler";
+
+/** Whether any route has a queue: then the scheduler runs, and counts every slot a user holds. */
+export function queueing(config: GatewayConfig): boolean {
+  return config.routes.some((route) => route.max_in_flight !== undefined);
+}
 
 /** One scheduler for the whole gateway (one iGPU behind every queued route). */
 export function upstreamSchedulerStub(namespace: DurableObjectNamespace<UpstreamScheduler>) {
@@ -23,7 +26,7 @@ export type SchedulerStub = ReturnType<typeof upstreamSchedulerStub>;
 
 /** The scheduler's view, or null when no route has a queue (then it is never woken). */
 export async function queueSnapshot(env: Env, config: GatewayConfig): Promise<QueueSnapshot | null> {
-  if (!config.routes.some((route) => route.max_in_flight !== undefined)) return null;
+  if (!queueing(config)) return null;
   return upstreamSchedulerStub(env.UPSTREAM_SCHEDULER).snapshot();
 }
 
@@ -75,6 +78,15 @@ export async function awaitTurn(scheduler: SchedulerStub, id: string, signal: Ab
 /** The scheduler's lease of a granted request, renewed and released with the user's (src/quota/slot.ts). */
 export function upstreamLease(scheduler: SchedulerStub, leaseId: string): AttachedLease {
   return { renew: (leaseMs) => scheduler.renew(leaseId, leaseMs), release: () => scheduler.release(leaseId) };
+}
+
+/**
+ * A slot-holding request on a route without a queue, once some route has one: its lease on the user's
+ * `streams` cap (counted with the queued routes' in the scheduler), or null when the user is at it.
+ */
+export async function holdOutsideQueue(scheduler: SchedulerStub, request: HoldRequest): Promise<AttachedLease | null> {
+  const held = await scheduler.hold(request);
+  return held.kind === "granted" ? upstreamLease(scheduler, held.leaseId) : null;
 }
 
 /** The refusal for a wait that did not end in a slot (`left` has nobody to tell). */

@@ -1,6 +1,6 @@
 /**
  * Upstream slots and the fair queue (issue 12), in one Durable Object for the whole gateway: the box
- * has one iGPU, and a user's own concurrency cap on the queued routes must be counted in one place.
+ * has one iGPU, and a user's own concurrency cap must be counted in one place.
  *
  * A request to a route with `max_in_flight` that holds a slot (POST/PUT/PATCH, WebSocket upgrades)
  * `enter`s after its token and quota were confirmed by the user's `UserQuota` object. It is granted
@@ -8,6 +8,12 @@
  * waiting ahead of it; otherwise it waits in the route's `FairQueue` (round-robin between users) until
  * it is granted, its `queue_timeout` passes, its client leaves (`leave`), or the queues are drained
  * (`drain`, serve's shutdown). Nothing is refused for being busy any more: only for waiting too long.
+ *
+ * A user's `streams` cap is one number across every route: once a route is queued, this object counts
+ * all of a user's slot-holding requests. One on a route without a queue `hold`s a lease with no
+ * upstream slot, granted at once below the cap and refused (429) at it; a queued request of that user
+ * waits for it like for any other of its own. (Counted in two places — here and in the user's object —
+ * `streams = 1` let a user run one request on a queued route and another elsewhere.)
  *
  * What is kept where, and what a crash costs:
  * - slots are leases like the user's (src/quota/user-quota.ts): renewed with the user's lease while
@@ -33,13 +39,22 @@ export interface SlotRequest {
   /** The route's `max_in_flight` (sent with each request: the object holds no config). */
   maxInFlight: number;
   user: string;
-  /** The user's `streams` cap across the queued routes; Infinity when quotas are off. */
+  /** The user's `streams` cap across every route; Infinity when quotas are off. */
   cap: number;
   leaseMs: number;
   timeoutMs: number;
 }
 
 export type Entered = { kind: "granted"; leaseId: string } | { kind: "queued"; position: number };
+
+/** A slot-holding request on a route without a queue: it counts against its user's cap, nothing else. */
+export interface HoldRequest {
+  user: string;
+  cap: number;
+  leaseMs: number;
+}
+
+export type Held = { kind: "granted"; leaseId: string } | { kind: "at_cap"; inFlight: number };
 
 export type Waited =
   | { kind: "granted"; leaseId: string; waitedMs: number }
@@ -83,10 +98,11 @@ interface Waiting extends Waiter {
 }
 
 interface Lease {
-  route: string;
+  /** Null for a `hold`: a request on a route without a queue, counted against its user's cap only. */
+  route: string | null;
   user: string;
   expiresAt: number;
-  /** Its start tag in the route's fair queue. */
+  /** Its start tag in the route's fair queue (0 for a hold). */
   tag: number;
 }
 
@@ -180,6 +196,16 @@ export class UpstreamScheduler extends DurableObject<Env> {
     this.waiting.delete(id);
   }
 
+  /** A slot-holding request on a route without a queue: admitted below its user's cap, refused at it. */
+  async hold(request: HoldRequest): Promise<Held> {
+    this.dropLapsedLeases();
+    const inFlight = this.inFlightOf(request.user);
+    if (inFlight >= request.cap) return { kind: "at_cap", inFlight };
+    const leaseId = crypto.randomUUID();
+    this.leases.set(leaseId, { route: null, user: request.user, expiresAt: Date.now() + request.leaseMs, tag: 0 });
+    return { kind: "granted", leaseId };
+  }
+
   async renew(leaseId: string, leaseMs: number): Promise<void> {
     const lease = this.leases.get(leaseId);
     if (lease) lease.expiresAt = Date.now() + leaseMs;
@@ -229,7 +255,7 @@ export class UpstreamScheduler extends DurableObject<Env> {
   /** A lease ends (released, or lapsed): its slot and its place in the fair queue's time are freed. */
   private end(leaseId: string, lease: Lease) {
     this.leases.delete(leaseId);
-    const route = this.routes.get(lease.route);
+    const route = lease.route === null ? undefined : this.routes.get(lease.route);
     if (!route) return;
     route.inFlight--;
     route.queue.finished(lease.tag);
@@ -288,7 +314,7 @@ export class UpstreamScheduler extends DurableObject<Env> {
     return Infinity;
   }
 
-  /** The user's running requests on every queued route (what its cap counts). */
+  /** The user's running slot-holding requests, on every route (what its cap counts). */
   private inFlightOf(user: string): number {
     let count = 0;
     for (const lease of this.leases.values()) if (lease.user === user) count++;

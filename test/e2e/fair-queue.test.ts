@@ -7,6 +7,8 @@
  *     told where it stands, then gets its answer; a client that leaves the queue is out of it at once;
  *   - /sd (max_in_flight 1, queue_timeout 1 s): a wait times out (429, retry-after-ms; a stream's ends
  *     with an error event);
+ *   - /plain (no queue, beside the queued routes): a user's `streams` cap is one number across
+ *     routes — work there makes the user's queued request wait, and a queued one running makes it 429;
  *   - SIGTERM answers whoever still waits (503, Retry-After) instead of cutting them.
  */
 import { request as httpRequest } from "node:http";
@@ -23,21 +25,24 @@ const SERVICE_MS = 150;
 let v2: SlottedUpstream;
 let lemon: SlottedUpstream;
 let sd: SlottedUpstream;
+let plain: SlottedUpstream;
 let gateway: Serve;
 const tokens: string[] = [];
 
 beforeAll(async () => {
-  [v2, lemon, sd] = await Promise.all([
+  [v2, lemon, sd, plain] = await Promise.all([
     startSlottedUpstream({ slots: 4, serviceMs: SERVICE_MS }),
     startSlottedUpstream({ slots: 1, serviceMs: 3_000 }),
     startSlottedUpstream({ slots: 1, serviceMs: 3_000 }),
+    startSlottedUpstream({ slots: 4, serviceMs: 1_500 }),
   ]);
   const routes = [
     { name: "v2", path: "/v2", upstream: `http://127.0.0.1:${v2.port}`, strip_prefix: true, auth: "bearer", metered: true, max_in_flight: 4, queue_timeout: "20s" },
     { name: "lemon", path: "/lemon", upstream: `http://127.0.0.1:${lemon.port}`, strip_prefix: true, auth: "bearer", metered: true, max_in_flight: 1, queue_timeout: "8s" },
     { name: "sd", path: "/sd", upstream: `http://127.0.0.1:${sd.port}`, strip_prefix: true, auth: "bearer", max_in_flight: 1 },
+    { name: "plain", path: "/plain", upstream: `http://127.0.0.1:${plain.port}`, strip_prefix: true, auth: "bearer" },
   ];
-  gateway = await startServe({ config: testWranglerConfig(v2.port, { routes, queue_timeout: "1s" }), env: { HALO_GATE_SHUTDOWN_GRACE_MS: "10000" } });
+  gateway = await startServe({ config: testWranglerConfig(v2.port, { routes, queue_timeout: "1s", max_users: USERS + 1 }), env: { HALO_GATE_SHUTDOWN_GRACE_MS: "10000" } });
   for (let index = 0; index < USERS; index++) {
     const streams = index === 0 ? String(FLOOD_LOOPS) : "1";
     tokens.push((await inviteJson(gateway.stateDir, index === 0 ? "flooder" : `user${index}`, ["--scopes", "v2,lemon,sd", "--streams", streams, "--rps", "1000", "--burst", "1000"])).token);
@@ -46,7 +51,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop();
-  await Promise.all([v2?.close(), lemon?.close(), sd?.close()]);
+  await Promise.all([v2?.close(), lemon?.close(), sd?.close(), plain?.close()]);
 });
 
 interface Answer {
@@ -203,6 +208,43 @@ describe("a waiting stream whose client leaves", () => {
     expect((await holder).status).toBe(200);
     expect(lemon.stats().requests.filter((request) => request.user === "user2" && request.end !== null && request.end > left)).toEqual([]);
   }, 30_000);
+});
+
+describe("a user's streams cap is one number across routes", () => {
+  it("with streams = 1, work on a route without a queue makes the user's queued request wait for it, and a queued one running makes that route answer 429", async () => {
+    const { token } = await inviteJson(gateway.stateDir, "capped", ["--scopes", "v2,lemon,plain", "--streams", "1", "--rps", "1000", "--burst", "1000"]);
+    const capped = (upstream: SlottedUpstream) => upstream.stats().requests.filter((request) => request.user === "capped");
+
+    // Its one slot is taken on /plain (1.5 s): its /v2 request waits, though /v2 has free slots.
+    const outside = chat("/plain/v1/chat/completions", token);
+    await running(plain, "capped");
+    const queued = await chat("/v2/v1/chat/completions", token);
+    expect((await outside).status).toBe(200);
+    expect(queued.status).toBe(200);
+    expect(Number(queued.headers["x-halo-queue-wait-ms"])).toBeGreaterThan(0);
+    const [ranOutside] = capped(plain);
+    const [ranQueued] = capped(v2);
+    expect(ranQueued!.arrival).toBeGreaterThanOrEqual(ranOutside!.end!);
+
+    // Its one slot is taken on /lemon (queued, 3 s): /plain refuses at once, as a user's own object would.
+    const holder = chat("/lemon/v1/chat/completions", token);
+    await running(lemon, "capped");
+    const refused = await chat("/plain/v1/chat/completions", token);
+    expect(refused.status).toBe(429);
+    expect(JSON.parse(refused.body).error).toMatchObject({ code: "rate_limit_exceeded", message: expect.stringMatching(/Too many requests in flight for capped: the limit is 1/) });
+    expect(refused.headers["retry-after"]).toBe("1");
+    expect(capped(plain)).toHaveLength(1);
+    expect((await holder).status).toBe(200);
+    // Its slot is back once the holder ended: /plain serves it again, and nothing is left counted.
+    expect((await chat("/plain/v1/chat/completions", token)).status).toBe(200);
+    await expect.poll(async () => (await me(token)).in_flight, { timeout: 5_000 }).toBe(0);
+    await expect
+      .poll(async () => {
+        const events = (await cli(["audit", "--state", gateway.stateDir])).stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+        return events.filter((event) => event.handle === "capped" && event.route === "plain").map((event) => [event.action, event.reason ?? null, event.status]);
+      }, { timeout: 5_000, interval: 500 })
+      .toEqual([["allow", null, 200], ["deny", "quota:concurrency", 429], ["allow", null, 200]]);
+  }, 60_000);
 });
 
 describe("shutdown", () => {

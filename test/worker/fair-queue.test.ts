@@ -155,6 +155,26 @@ describe("UpstreamScheduler", () => {
     expect((await answer).kind).toBe("granted");
   });
 
+  it("counts a user's work on routes without a queue (hold) against the same cap: held at the cap, and its queued request waits for it", async () => {
+    const stub = scheduler(`hold-${crypto.randomUUID()}`);
+    const outside = await stub.hold({ user: "ann", cap: 2, leaseMs: 30_000 });
+    expect(outside.kind).toBe("granted");
+    const queued = await stub.enter(slot("ann", { cap: 2, maxInFlight: 4 }));
+    expect(queued.kind).toBe("granted");
+    // Two of two: another hold is refused, and a queued request waits though the route has free slots.
+    expect(await stub.hold({ user: "ann", cap: 2, leaseMs: 30_000 })).toEqual({ kind: "at_cap", inFlight: 2 });
+    const waiting = slot("ann", { cap: 2, maxInFlight: 4 });
+    expect((await stub.enter(waiting)).kind).toBe("queued");
+    // Holds take no upstream slot, and other users are not held back by ann's.
+    expect((await stub.snapshot()).routes.v2).toEqual({ inFlight: 1, maxInFlight: 4, queued: 1 });
+    expect((await stub.hold({ user: "bob", cap: 1, leaseMs: 30_000 })).kind).toBe("granted");
+    // The hold ends: ann's waiting request is granted at once.
+    const answer = stub.wait(waiting.id);
+    await stub.release((outside as { leaseId: string }).leaseId);
+    expect((await answer).kind).toBe("granted");
+    expect((await stub.snapshot()).users.ann).toMatchObject({ inFlight: 2, queued: 0 });
+  });
+
   it("a wait ends at its timeout, and a client that leaves is out of the line at once, freeing its place", async () => {
     const stub = scheduler(`timeout-${crypto.randomUUID()}`);
     const held = await stub.enter(slot("ann", { maxInFlight: 1 }));
