@@ -272,7 +272,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
       });
       if (!lease) {
         denial = "quota:concurrency";
-        void slot.end(429);
+        void slot.end(429, "concurrency");
         throw quotaExceeded(token.handle, "concurrency", 1, limits, admission.state);
       }
       slot.attach(lease);

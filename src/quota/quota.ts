@@ -53,6 +53,11 @@ export interface RequestOutcome {
   tokens: number;
   /** Time to the upstream's response headers, ms (null when there was no upstream response). */
   upstreamLatencyMs: number | null;
+  /**
+   * Admitted by the user's object, then refused where the cap is counted once a route is queued (the
+   * upstream scheduler, issue 12): charged nothing, and counted as that refusal.
+   */
+  refused?: "concurrency";
 }
 
 /**

@@ -6,7 +6,7 @@
 import type { TokenIdentity } from "../auth/token-store";
 import type { UsageTally } from "../metering/usage";
 import { chargeableTokens } from "../metering/usage";
-import type { QuotaService } from "./quota";
+import type { QuotaService, RequestOutcome } from "./quota";
 
 export interface SlotOptions {
   quota: Pick<QuotaService, "renew" | "release">;
@@ -46,7 +46,7 @@ export interface Slot {
   /** Resolves with the final status once `end` has been called. */
   readonly ended: Promise<number>;
   /** Ends the slot (the first call counts); resolves when the release has been recorded. */
-  end(status: number): Promise<void>;
+  end(status: number, refused?: RequestOutcome["refused"]): Promise<void>;
 }
 
 /**
@@ -92,12 +92,12 @@ export function holdSlot(options: SlotOptions): Slot {
       if (ended) return void options.waitUntil(lease.release().catch(() => {}));
       attached = lease;
     },
-    end(status) {
+    end(status, refused) {
       if (ended) return Promise.resolve();
       ended = true;
       markEnded(status);
       clearInterval(renewal);
-      const outcome = { status, tokens: chargeableTokens(options.tally), upstreamLatencyMs: slot.upstreamLatencyMs };
+      const outcome: RequestOutcome = { status, tokens: chargeableTokens(options.tally), upstreamLatencyMs: slot.upstreamLatencyMs, ...(refused ? { refused } : {}) };
       const released = options.quota.release(options.token.handle, options.leaseId, outcome, options.now(), options.timezone).catch((error: unknown) => {
         console.error(`halo-gate: could not release a slot of ${options.token.handle} (its lease will lapse): ${String(error)}`);
       });

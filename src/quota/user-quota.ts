@@ -212,6 +212,11 @@ export class UserQuota extends DurableObject<Env> {
     this.day.used += tokens;
     const statusClass = outcome.status === 0 ? "aborted" : (`${Math.floor(outcome.status / 100)}xx` as keyof UserMetrics["status"]);
     if (statusClass in this.metrics.status) this.metrics.status[statusClass]++;
+    if (outcome.refused) {
+      // As a refusal decided here: its request is given back to the bucket (the next refill caps it).
+      this.metrics.refused[outcome.refused]++;
+      if (this.bucket) this.bucket.level += 1;
+    }
     if (outcome.upstreamLatencyMs !== null) {
       const seconds = outcome.upstreamLatencyMs / 1000;
       const index = LATENCY_BUCKETS.findIndex((bound) => seconds <= bound);

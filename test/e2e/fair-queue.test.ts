@@ -13,6 +13,7 @@
  */
 import { request as httpRequest } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { UserUsage } from "../../src/shared/admin-wire";
 import { startSlottedUpstream, type SlottedUpstream } from "../support/slotted-upstream";
 import { bearer, cli, inviteJson, startServe, testWranglerConfig, type Serve } from "./harness";
 
@@ -244,6 +245,10 @@ describe("a user's streams cap is one number across routes", () => {
         return events.filter((event) => event.handle === "capped" && event.route === "plain").map((event) => [event.action, event.reason ?? null, event.status]);
       }, { timeout: 5_000, interval: 500 })
       .toEqual([["allow", null, 200], ["deny", "quota:concurrency", 429], ["allow", null, 200]]);
+    // And in `usage`, as a refusal at the cap like one the user's own object makes.
+    await expect
+      .poll(async () => (JSON.parse((await cli(["usage", "--json", "--state", gateway.stateDir])).stdout) as { users: UserUsage[] }).users.find((user) => user.handle === "capped")?.refused, { timeout: 5_000, interval: 500 })
+      .toEqual({ rate: 0, concurrency: 1, daily: 0 });
   }, 60_000);
 });
 
