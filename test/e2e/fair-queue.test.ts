@@ -7,11 +7,13 @@
  *     told where it stands, then gets its answer; a client that leaves the queue is out of it at once;
  *   - /sd (max_in_flight 1, queue_timeout 1 s): a wait times out (429, retry-after-ms; a stream's ends
  *     with an error event);
- *   - /plain (no queue, beside the queued routes): a user's `streams` cap is one number across
+ *   - /plain (no queue, metered, beside the queued routes): a user's `streams` cap is one number across
  *     routes — work there makes the user's queued request wait, and a queued one running makes it 429;
+ *     clients that leave in a burst, at every stage of their request, leave nothing counted;
  *   - SIGTERM answers whoever still waits (503, Retry-After) instead of cutting them.
  */
 import { request as httpRequest } from "node:http";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { UserUsage } from "../../src/shared/admin-wire";
 import { startSlottedUpstream, type SlottedUpstream } from "../support/slotted-upstream";
@@ -41,9 +43,9 @@ beforeAll(async () => {
     { name: "v2", path: "/v2", upstream: `http://127.0.0.1:${v2.port}`, strip_prefix: true, auth: "bearer", metered: true, max_in_flight: 4, queue_timeout: "20s" },
     { name: "lemon", path: "/lemon", upstream: `http://127.0.0.1:${lemon.port}`, strip_prefix: true, auth: "bearer", metered: true, max_in_flight: 1, queue_timeout: "8s" },
     { name: "sd", path: "/sd", upstream: `http://127.0.0.1:${sd.port}`, strip_prefix: true, auth: "bearer", max_in_flight: 1 },
-    { name: "plain", path: "/plain", upstream: `http://127.0.0.1:${plain.port}`, strip_prefix: true, auth: "bearer" },
+    { name: "plain", path: "/plain", upstream: `http://127.0.0.1:${plain.port}`, strip_prefix: true, auth: "bearer", metered: true },
   ];
-  gateway = await startServe({ config: testWranglerConfig(v2.port, { routes, queue_timeout: "1s", max_users: USERS + 1 }), env: { HALO_GATE_SHUTDOWN_GRACE_MS: "10000" } });
+  gateway = await startServe({ config: testWranglerConfig(v2.port, { routes, queue_timeout: "1s", max_users: USERS + 2 }), env: { HALO_GATE_SHUTDOWN_GRACE_MS: "10000" } });
   for (let index = 0; index < USERS; index++) {
     const streams = index === 0 ? String(FLOOD_LOOPS) : "1";
     tokens.push((await inviteJson(gateway.stateDir, index === 0 ? "flooder" : `user${index}`, ["--scopes", "v2,lemon,sd", "--streams", streams, "--rps", "1000", "--burst", "1000"])).token);
@@ -249,6 +251,41 @@ describe("a user's streams cap is one number across routes", () => {
     await expect
       .poll(async () => (JSON.parse((await cli(["usage", "--json", "--state", gateway.stateDir])).stdout) as { users: UserUsage[] }).users.find((user) => user.handle === "capped")?.refused, { timeout: 5_000, interval: 500 })
       .toEqual({ rate: 0, concurrency: 1, daily: 0 });
+  }, 60_000);
+});
+
+describe("clients that leave in a burst", () => {
+  it("aborts at every stage on a metered route without a queue leave nothing counted: the user is served again at once", async () => {
+    const { token } = await inviteJson(gateway.stateDir, "leaver", ["--scopes", "v2,plain", "--streams", "1", "--rps", "1000", "--burst", "1000"]);
+    const { port } = new URL(gateway.url);
+    const path = "/plain/v1/chat/completions";
+    const head = (body: string) => `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+    const plainBody = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
+    const streamBody = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }], stream: true });
+    // Found by an attack on the cross-route cap: one such burst in two left a request pending in the
+    // core with its lease renewed, and the user refused on every route for minutes (src/quota/slot.ts).
+    const stages: Array<{ bytes: string; leaveAfterMs: number | "fin" }> = [
+      ...[0, 20, 200].map((leaveAfterMs) => ({ bytes: head(plainBody) + plainBody.slice(0, 10), leaveAfterMs })),
+      ...[0, 1, 5, 30, 300].map((leaveAfterMs) => ({ bytes: head(plainBody) + plainBody, leaveAfterMs })),
+      ...[0, 5, 300].map((leaveAfterMs) => ({ bytes: head(streamBody) + streamBody, leaveAfterMs })),
+      { bytes: head(plainBody) + plainBody, leaveAfterMs: "fin" as const },
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const stage of stages) {
+        const socket = connect(Number(port), "127.0.0.1");
+        socket.on("error", () => {});
+        socket.write(stage.bytes);
+        const leaveAfterMs = stage.leaveAfterMs;
+        if (leaveAfterMs === "fin") socket.end();
+        else {
+          await new Promise((resolve) => setTimeout(resolve, leaveAfterMs));
+          socket.destroy();
+        }
+      }
+      await expect.poll(async () => (await me(token)).in_flight, { timeout: 5_000, interval: 100 }).toBe(0);
+    }
+    expect((await chat(path, token)).status).toBe(200);
+    expect((await chat("/v2/v1/chat/completions", token)).status).toBe(200);
   }, 60_000);
 });
 
