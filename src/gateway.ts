@@ -269,6 +269,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     if (holdsSlot && !queued && hasQueues && config.quotas) {
       const lease = await holdOutsideQueue(upstreamSchedulerStub(c.env.UPSTREAM_SCHEDULER), { user: token.handle, cap: limits.streams, leaseMs: config.quota_lease_ms }).catch((error: unknown) => {
         console.error(`halo-gate: the upstream scheduler failed: ${error instanceof Error ? error.message : String(error)}`);
+        denial = "quota:unavailable";
         void slot.end(503);
         throw errors.quotaUnavailable();
       });
