@@ -133,7 +133,10 @@ export async function readBodyText(request: Request, limit: number): Promise<str
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { value, done } = await reader.read();
+    // A body cut short (its client went away) is the client's doing: a 400, not an unexpected error.
+    const { value, done } = await reader.read().catch(() => {
+      throw errors.badRequest("The request body ended before it was complete.", "incomplete_body");
+    });
     if (done) break;
     size += value.byteLength;
     if (size > limit) {
