@@ -36,9 +36,13 @@ export async function forward(request: Request, options: ForwardOptions): Promis
   } else {
     body = limitedBody(request, options.bodyLimitBytes, controller);
   }
-  // A client that goes away aborts the upstream request too (needs the enable_request_signal flag).
-  request.signal?.addEventListener("abort", () => controller.abort(request.signal.reason), { once: true });
-  options.cancel?.addEventListener("abort", () => controller.abort(options.cancel!.reason), { once: true });
+  // A client that goes away aborts the upstream request too (needs the enable_request_signal flag),
+  // and so does a cancelled slot — also one cancelled before this call, whose "abort" event has passed
+  // (a client that left while its request waited for the hold or its body would have been forwarded).
+  for (const signal of [request.signal, options.cancel]) {
+    if (signal?.aborted) controller.abort(signal.reason);
+    else signal?.addEventListener("abort", () => controller.abort(signal.reason), { once: true });
+  }
   const timer = setTimeout(() => controller.abort(new UpstreamTimeout()), options.upstreamTimeoutMs);
   // Replayable: nothing to send, or a body the gateway holds (issue 9: llama-server advertises
   // keep-alive and then closes the connection after a streamed reply, so the next request on that

@@ -1,6 +1,7 @@
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { createGateway } from "../../src/gateway";
+import { forward } from "../../src/proxy/forward";
 import { deliveredOneByOne, readTimedEvents } from "../support/sse";
 import { bearer, gatewayClient, marker, recordedWith, seedToken, testConfig, viaEdge } from "./helpers";
 
@@ -163,5 +164,18 @@ describe("forwarding (docs/contract.md §4)", () => {
     const response = await quick("/v2/sse?n=3&gap=250", { headers: bearer(token) });
     expect(response.status).toBe(200);
     expect((await response.text()).match(/data:/g)).toHaveLength(3);
+  });
+
+  it("a request whose slot was cancelled before it was forwarded (its client left meanwhile) never reaches the upstream", async () => {
+    const config = testConfig();
+    const m = marker();
+    const request = new Request("http://gateway.test/sd/v1/images", { method: "POST", headers: { "x-request-id": m }, body: "{}" });
+    const options = { route: config.routes.find((route) => route.name === "sd")!, canonicalPath: "/sd/v1/images", rawQuery: "", clientAddress: "100.64.1.7", upstreamTimeoutMs: 2_000, bodyLimitBytes: 1024, identity: null };
+    await expect(forward(request, { ...options, cancel: AbortSignal.abort(new Error("the client went away")) })).rejects.toThrow();
+    expect(await recordedWith(m)).toEqual([]);
+    // The same request with a live signal does reach it (the marker is seen).
+    const live = new Request("http://gateway.test/sd/v1/images", { method: "POST", headers: { "x-request-id": m }, body: "{}" });
+    expect((await forward(live, { ...options, cancel: new AbortController().signal })).status).toBe(200);
+    expect(await recordedWith(m)).toHaveLength(1);
   });
 });
