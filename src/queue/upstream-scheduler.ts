@@ -201,9 +201,7 @@ export class UpstreamScheduler extends DurableObject<Env> {
     this.dropLapsedLeases();
     const inFlight = this.inFlightOf(request.user);
     if (inFlight >= request.cap) return { kind: "at_cap", inFlight };
-    const leaseId = crypto.randomUUID();
-    this.leases.set(leaseId, { route: null, user: request.user, expiresAt: Date.now() + request.leaseMs, tag: 0 });
-    return { kind: "granted", leaseId };
+    return { kind: "granted", leaseId: this.grant({ route: null, user: request.user, leaseMs: request.leaseMs }, 0) };
   }
 
   async renew(leaseId: string, leaseMs: number): Promise<void> {
@@ -245,10 +243,11 @@ export class UpstreamScheduler extends DurableObject<Env> {
     return route;
   }
 
-  private grant(request: SlotRequest, tag: number): string {
+  /** A lease on the user's cap and, unless it is a hold (route null), on one of the route's slots. */
+  private grant(request: Pick<SlotRequest, "user" | "leaseMs"> & { route: string | null }, tag: number): string {
     const leaseId = crypto.randomUUID();
     this.leases.set(leaseId, { route: request.route, user: request.user, expiresAt: Date.now() + request.leaseMs, tag });
-    this.routes.get(request.route)!.inFlight++;
+    if (request.route !== null) this.routes.get(request.route)!.inFlight++;
     return leaseId;
   }
 
