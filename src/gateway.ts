@@ -233,8 +233,10 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
     // Asked to admit, the object always answers with an admission and the user's limits.
     const [admission, limits] = [authorized.admission!, authorized.limits!];
     const identity = { handle: token.handle, tokenId: token.tokenId };
+    // A denial's audit row keeps the mesh check's detail; its reason is the denial's own.
+    const deniedNote = note.detail ? { detail: note.detail } : {};
     if (!admission.admitted) {
-      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit, ...(note.detail ? { detail: note.detail } : {}) }, auditFlushMs);
+      recordAuthDecision(c.env.DB, c.executionCtx, { at: now(), action: "deny", reason: `quota:${admission.refusal}`, ...identity, status: 429, ...audit, ...deniedNote }, auditFlushMs);
       throw quotaExceeded(token.handle, admission.refusal, admission.retryAfterSeconds, limits, admission.state);
     }
 
@@ -256,7 +258,7 @@ export function createGateway(config: GatewayConfig, options: GatewayOptions = {
         recordAuthDecision(
           c.env.DB,
           c.executionCtx,
-          denial ? { at: now(), action: "deny", reason: denial, ...identity, status, ...audit, ...(note.detail ? { detail: note.detail } : {}) } : { at: now(), action: "allow", ...identity, status, ...audit, ...note },
+          denial ? { at: now(), action: "deny", reason: denial, ...identity, status, ...audit, ...deniedNote } : { at: now(), action: "allow", ...identity, status, ...audit, ...note },
           auditFlushMs,
         ),
     });
